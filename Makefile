@@ -1,0 +1,55 @@
+# bnlab: the README's two commands are `make demo` and `make test`.
+# Every target installs what it needs into .venv on first use.
+SHELL := /bin/bash
+PY    ?= python3
+VENV  ?= .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+export WANDB_SILENT ?= true
+
+.PHONY: install data demo train test test-slow lint format bench-norm clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bnlab with its dev tools
+
+data:  ## install the offline Fashion-MNIST (Debian package) when root and it is missing
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist (offline default data)"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	else \
+		echo "note: $(FMNIST_DIR) is missing; run 'sudo apt-get install dataset-fashion-mnist' or set data.root=..."; \
+	fi
+
+demo: install data  ## the main job on the embedded default (offline, CPU)
+	$(BIN)/python -m bnlab.train $(ARGS)
+
+train: install data  ## one run; pass Hydra overrides with ARGS="..."
+	$(BIN)/python -m bnlab.train $(ARGS)
+
+test: install data  ## fast test suite (slow tests deselected)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: install data  ## only the slow end-to-end tests
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+lint: install  ## ruff check + format check
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
+
+clean:  ## remove run directories (not committed results)
+	rm -rf runs outputs multirun

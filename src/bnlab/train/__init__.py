@@ -1,0 +1,1 @@
+"""Training: the loop, evaluation modes, checkpoints, run directories, optimizer/schedule/loss builders."""

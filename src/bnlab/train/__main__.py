@@ -1,0 +1,39 @@
+"""Hydra entry point for one run: `python -m bnlab.train [overrides]` (config: conf/train.yaml)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from bnlab import REPO_ROOT
+from bnlab.config_errors import ConfigError
+from bnlab.data.errors import DatasetNotFoundError
+from bnlab.train.checkpoint import CheckpointError
+
+CONF_DIR = str(Path(os.environ.get("BNLAB_CONF", REPO_ROOT / "conf")).resolve())
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from bnlab.train.loop import run
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg, raise_on_failure=not multirun)
+    except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
+        if multirun:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    final = (summary or {}).get("final", {})
+    return final.get("val_err_running")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Validation with running (EMA) statistics and with batch statistics.
+
+The gap between the two is the central symptom bnlab studies ("When does BatchNorm fail? When mu_EMA,
+sigma_EMA do not approximate mu_B, sigma_B" - Wu, Devils in BatchNorm). Batch-mode evaluation puts the model
+in train mode but restores every buffer afterwards, so it never changes the running statistics and the loop
+needs to know nothing about which normalization layers the model has.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+EVAL_MODES = ("running", "batch")
+
+
+@contextmanager
+def preserved_buffers(model: torch.nn.Module):
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+
+
+@contextmanager
+def mode(model: torch.nn.Module, train: bool):
+    was_training = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _loop(model, loader, loss_fn) -> dict:
+    loss_sum = torch.zeros((), device=loader.device)
+    wrong = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += loss_fn(logits, y).float() * len(y)
+        wrong += (logits.argmax(1) != y).sum()
+        n += len(y)
+    return {"loss": loss_sum.item() / max(n, 1), "err": wrong.item() / max(n, 1)}
+
+
+def evaluate(model, loader, loss_fn, eval_mode: str = "running") -> dict:
+    """Return {'loss', 'err'} on `loader` with the given statistics mode."""
+    if eval_mode == "running":
+        with mode(model, train=False):
+            return _loop(model, loader, loss_fn)
+    if eval_mode == "batch":
+        with mode(model, train=True), preserved_buffers(model):
+            return _loop(model, loader, loss_fn)
+    raise ValueError(f"unknown eval mode {eval_mode!r} (allowed: {', '.join(EVAL_MODES)})")

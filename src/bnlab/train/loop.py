@@ -1,0 +1,174 @@
+"""One training run: config -> builders -> epochs -> run directory. Knows nothing about which norm is used."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import traceback
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bnlab.config import validate
+from bnlab.data import build_data
+from bnlab.models import build_model
+from bnlab.norm import build_norm
+from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
+from bnlab.train.evaluate import evaluate
+from bnlab.train.losses import build_loss
+from bnlab.train.optim import Schedule, build_optimizer
+from bnlab.train.run_dir import RunDir, run_id
+from bnlab.train.wandb_logger import WandbLogger
+from bnlab.utils.io import atomic_write_text
+from bnlab.utils.provenance import environment
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available (use device=cpu or auto)")
+    return name
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20) -> dict:
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=loader.device)
+    wrong = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
+    for i, (x, y) in enumerate(bar):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step_batch()
+        loss_sum += loss.detach().float() * len(y)
+        wrong += (logits.detach().argmax(1) != y).sum()
+        n += len(y)
+        if (i + 1) % check_every == 0 or i + 1 == len(loader):  # one host sync every few steps, not every step
+            running = loss_sum.item() / n
+            if not math.isfinite(running):
+                raise Diverged(f"training loss became {running} at epoch {epoch + 1}, batch {i + 1}")
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{schedule.lr():.2e}")
+    return {"train_loss": loss_sum.item() / n, "train_err": wrong.item() / n}
+
+
+def run(cfg, raise_on_failure: bool = True) -> dict:
+    """Train one configuration into its run directory and return its summary."""
+    validate(cfg)
+    rd = RunDir.for_config(cfg)
+    rid = run_id(cfg)
+    previous = rd.status()
+    if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
+        print(f"[bnlab] {rd.root}: already {previous}, skipping")
+        return rd.summary()
+    device = resolve_device(str(cfg.device))
+    seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
+    data = build_data(cfg, device)
+    model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg.optim, model)
+    epochs = int(cfg.train.epochs)
+    schedule = Schedule(cfg.schedule, optimizer, len(data.train), epochs)
+    loss_fn = build_loss(cfg.loss, data.num_classes)
+    rd.root.mkdir(parents=True, exist_ok=True)  # only now: bad config or data never leaves a run directory
+    rd.write_config(cfg)
+
+    start_epoch, step, history, wall_before = 0, 0, [], 0.0
+    if cfg.train.get("resume", True) and rd.checkpoint.exists():
+        state = load_checkpoint(rd.checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        wall_before = state.get("wall_time", 0.0)
+        print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
+
+    logger = WandbLogger(cfg, rd.root, rid)
+    summary = {
+        "run_id": rid,
+        "study": str(cfg.study),
+        "seed": int(cfg.seed),
+        "run_dir": str(rd.root),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "data": data.info,
+        **environment(device),
+    }
+    status, t0 = "running", time.time()
+    try:
+        for epoch in range(start_epoch, epochs):
+            t_epoch = time.time()
+            row = {"epoch": epoch + 1, "lr": schedule.lr()}
+            row.update(
+                train_one_epoch(
+                    model,
+                    data.train,
+                    loss_fn,
+                    optimizer,
+                    schedule,
+                    epoch,
+                    bool(cfg.train.get("progress", True)),
+                )
+            )
+            step += len(data.train)
+            for eval_mode in cfg.eval.modes:
+                for k, v in evaluate(model, data.val, loss_fn, eval_mode).items():
+                    row[f"val_{k}_{eval_mode}"] = v
+            schedule.step_epoch(row)
+            row.update(step=step, epoch_time=time.time() - t_epoch)
+            history.append(row)
+            rd.write_metrics(history)
+            logger.log(row, step=step)
+            print(
+                "[bnlab] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            )
+            save_checkpoint(
+                rd.checkpoint,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                epoch=epoch + 1,
+                step=step,
+                history=history,
+                wall_time=wall_before + time.time() - t0,
+            )
+        status = "completed"
+    except Diverged as e:
+        status, summary["reason"] = "diverged", str(e)
+    except Exception as e:
+        status, summary["reason"] = "failed", f"{type(e).__name__}: {e}"
+        atomic_write_text(rd.error, traceback.format_exc())
+        if raise_on_failure:
+            raise
+    finally:
+        if status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
+            logger.finish(failed=True)
+        else:
+            summary.update(
+                status=status,
+                epochs_completed=len(history),
+                step=step,
+                wall_time=wall_before + time.time() - t0,
+                final=history[-1] if history else {},
+            )
+            rd.write_summary(summary)
+            logger.summary({"status": status, **summary["final"]})
+            logger.finish(failed=status != "completed")
+    return summary

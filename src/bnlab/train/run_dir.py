@@ -1,0 +1,70 @@
+"""A run's identity is a hash of its resolved config (seed included), not its position in a sweep.
+
+The same config always maps to the same directory, so re-running a sweep finds finished runs (skips them),
+interrupted ones (resumes them from their checkpoint) and failed ones (reruns them only when asked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bnlab.utils.io import atomic_write_json, atomic_write_text, read_json
+
+# keys that change where/how a run is watched, not what it computes
+NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progress", "train.retry_failed")
+
+
+def identity_config(cfg) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_IDENTITY_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return container
+
+
+def run_id(cfg) -> str:
+    blob = json.dumps(identity_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+class RunDir:
+    """Paths of one run: config.yaml, metrics.csv, summary.json, checkpoint.pt, error.txt."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def for_config(cls, cfg) -> RunDir:
+        return cls(Path(cfg.out_dir) / str(cfg.study) / run_id(cfg))
+
+    config = property(lambda self: self.root / "config.yaml")
+    metrics = property(lambda self: self.root / "metrics.csv")
+    summary_path = property(lambda self: self.root / "summary.json")
+    checkpoint = property(lambda self: self.root / "checkpoint.pt")
+    error = property(lambda self: self.root / "error.txt")
+
+    def summary(self) -> dict | None:
+        return read_json(self.summary_path)
+
+    def status(self) -> str | None:
+        s = self.summary()
+        return s.get("status") if s else None
+
+    def write_config(self, cfg) -> None:
+        atomic_write_text(self.config, OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_metrics(self, history: list[dict]) -> None:
+        import pandas as pd
+
+        atomic_write_text(self.metrics, pd.DataFrame(history).to_csv(index=False))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.summary_path, summary)
