@@ -51,5 +51,8 @@ format: install
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
+bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
+	$(BIN)/python scripts/bench_norm.py $(ARGS)
+
 clean:  ## remove run directories (not committed results)
 	rm -rf runs outputs multirun
