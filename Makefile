@@ -8,7 +8,20 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export WANDB_SILENT ?= true
 
-.PHONY: install data demo train test test-slow lint format bench-norm clean help
+# sweeps: make sweep EXP=<study> [SCALE=cpu|gpu] [LAUNCHER=basic|joblib|submitit_local|slurm] [JOBS=2]
+#         [RETRY_FAILED=1] [ARGS="hydra overrides"]
+EXP          ?=
+SCALE        ?= cpu
+LAUNCHER     ?= basic
+JOBS         ?= 2
+RETRY_FAILED ?= 0
+launcher_basic          :=
+launcher_joblib         := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+launcher_submitit_local := hydra/launcher=submitit_local
+launcher_slurm          := hydra/launcher=slurm
+retry_1 := train.retry_failed=true
+
+.PHONY: install data demo train test test-slow lint format bench-norm sweep collect figures report status need-exp clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,6 +66,24 @@ format: install
 
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)
+
+need-exp:
+	@test -n "$(EXP)" || { echo "usage: make $(MAKECMDGOALS) EXP=<study>  (studies: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+
+sweep: install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
+	$(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
+
+collect: install need-exp  ## run directories -> results/<study>/<scale>/runs.csv, epochs.csv (+ parquet)
+	$(BIN)/bnlab collect $(EXP) --preset $(SCALE)
+
+figures: install need-exp  ## collected results -> the study's tables (md, tex, csv) and figures (png, pdf)
+	$(BIN)/bnlab figures $(EXP) --preset $(SCALE)
+
+status: install need-exp  ## completed / diverged / failed / interrupted runs of a study
+	$(BIN)/bnlab status $(EXP)
+
+report: install  ## one self-contained HTML page with every committed table and figure -> results/report.html
+	$(BIN)/bnlab report
 
 clean:  ## remove run directories (not committed results)
 	rm -rf runs outputs multirun

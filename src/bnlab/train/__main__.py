@@ -23,9 +23,11 @@ CONF_DIR = str(Path(os.environ.get("BNLAB_CONF", REPO_ROOT / "conf")).resolve())
 def main(cfg: DictConfig) -> float | None:
     from bnlab.train.loop import run
 
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tags = [o[:64] for o in hydra_cfg.overrides.task] if multirun else None  # W&B caps tags at 64 chars
     try:
-        summary = run(cfg, raise_on_failure=not multirun)
+        summary = run(cfg, raise_on_failure=not multirun, tags=tags)
     except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
         if multirun:
             raise

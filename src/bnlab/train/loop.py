@@ -71,8 +71,11 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress
     return {"train_loss": loss_sum.item() / n, "train_err": wrong.item() / n}
 
 
-def run(cfg, raise_on_failure: bool = True) -> dict:
-    """Train one configuration into its run directory and return its summary."""
+def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> dict:
+    """Train one configuration into its run directory and return its summary.
+
+    `tags` label the W&B run (a sweep passes its swept overrides, e.g. "norm.nbs=4").
+    """
     validate(cfg)
     rd = RunDir.for_config(cfg)
     rid = run_id(cfg)
@@ -101,7 +104,7 @@ def run(cfg, raise_on_failure: bool = True) -> dict:
         wall_before = state.get("wall_time", 0.0)
         print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
 
-    logger = WandbLogger(cfg, rd.root, rid)
+    logger = WandbLogger(cfg, rd.root, rid, tags)
     summary = {
         "run_id": rid,
         "study": str(cfg.study),

@@ -1,0 +1,73 @@
+"""`bnlab collect|figures|report|status`: everything after training, from run directories to a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bnlab import REPO_ROOT
+
+
+def _results_dir(args) -> Path:
+    return Path(args.out) if args.out else REPO_ROOT / "results" / args.study / args.preset
+
+
+def cmd_collect(args) -> None:
+    from bnlab.results.collect import collect, save
+
+    runs, epochs = collect(Path(args.runs) / args.study)
+    if runs.empty:
+        sys.exit(f"error: no run directories under {Path(args.runs) / args.study}")
+    if args.preset != "all" and "preset" in runs:
+        runs = runs[runs["preset"].astype(str) == args.preset]
+        epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    out = _results_dir(args)
+    save(runs, epochs, out)
+    counts = runs["status"].value_counts().to_dict()
+    print(f"collected {len(runs)} runs ({counts}) and {len(epochs)} epoch rows -> {out}/runs.csv, epochs.csv")
+
+
+def cmd_figures(args) -> None:
+    from bnlab.results.analysis import analyze
+
+    for path in analyze(args.study, _results_dir(args)):
+        print(path)
+
+
+def cmd_status(args) -> None:
+    from bnlab.sweep import status_report
+
+    print(status_report(Path(args.runs) / args.study))
+
+
+def cmd_report(args) -> None:
+    from bnlab.results.report import build_report
+
+    print(build_report(Path(args.results), Path(args.output)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bnlab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, helptext in [
+        ("collect", cmd_collect, "run directories -> runs/epochs tables"),
+        ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
+        ("status", cmd_status, "completed / diverged / failed / interrupted runs"),
+    ]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("study")
+        s.add_argument("--runs", default="runs", help="root of run directories (config out_dir)")
+        s.add_argument("--preset", default="cpu", help="which scale preset's runs: cpu | gpu | none | all")
+        s.add_argument("--out", default=None, help="results folder (default results/<study>/<preset>)")
+        s.set_defaults(fn=fn)
+    r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
+    r.add_argument("--results", default=str(REPO_ROOT / "results"))
+    r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
+    r.set_defaults(fn=cmd_report)
+    args = p.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

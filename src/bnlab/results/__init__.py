@@ -1,0 +1,1 @@
+"""Run directories -> DataFrames (collect) -> tables and figures (per-study analysis) -> report."""

@@ -1,0 +1,60 @@
+"""Run a study's analysis (`experiments/<study>/analysis.py::analyze`) on its collected results, no training.
+
+A study without its own analysis gets the default: a mean +- std table of final metrics per arm and
+per-epoch curves with running-statistics and batch-statistics validation error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from bnlab import REPO_ROOT
+from bnlab.results.collect import load, varying_keys
+from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.tables import aggregate, mean_std_cells, write_table
+
+EXPERIMENTS_DIR = Path(os.environ.get("BNLAB_EXPERIMENTS", REPO_ROOT / "experiments"))
+FINAL_METRICS = ["train_err", "val_err_running", "val_err_batch"]
+
+
+def load_study_module(study: str):
+    path = EXPERIMENTS_DIR / study / "analysis.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f"bnlab_experiments_{study}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def default_analysis(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
+    done = runs[runs["status"] == "completed"]
+    arms = varying_keys(done) or ["study"]
+    metrics = [m for m in FINAL_METRICS if m in done]
+    agg = aggregate(done, arms, metrics)
+    written = write_table(mean_std_cells(agg, metrics), out, "table", "Final error (%), mean ± std over seeds")
+    if len(epochs):
+        arm_of = done.set_index("run_id")[arms].astype(str).agg(", ".join, axis=1).rename("arm")
+        per_epoch = epochs.join(arm_of, on="run_id", how="inner")
+        fig, axes = new_figure(ncols=2)
+        for ax, metric in zip(axes[0], ["val_err_running", "val_err_batch"]):
+            if metric in per_epoch:
+                mean_curves(ax, per_epoch, "epoch", metric, "arm")
+            ax.set(xlabel="epoch", ylabel=f"{metric} (%)", title=metric.replace("_", " "))
+        axes[0][0].legend(title=", ".join(arms))
+        written += save_figure(fig, out, "curves")
+    return written
+
+
+def analyze(study: str, results_dir: str | Path) -> list[Path]:
+    out = Path(results_dir)
+    runs, epochs = load(out)
+    if runs.empty:
+        raise FileNotFoundError(f"{out} holds no collected runs; run `bnlab collect {study}` first")
+    module = load_study_module(study)
+    fn = getattr(module, "analyze", None) or default_analysis
+    return fn(runs, epochs, out)

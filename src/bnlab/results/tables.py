@@ -1,0 +1,74 @@
+"""Aggregate over seeds (mean +- std, n) and write Markdown / LaTeX tables without extra dependencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bnlab.utils.io import atomic_write_text
+
+
+def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """One row per arm (`by`): `<metric>_mean`, `<metric>_std` (0 for a single seed) and `n` runs."""
+    present = [m for m in metrics if m in df]
+    grouped = df.groupby(by, dropna=False, sort=True)
+    out = grouped[present].agg(["mean", "std"])
+    out.columns = [f"{m}_{stat}" for m, stat in out.columns]
+    out = out.fillna({c: 0.0 for c in out.columns if c.endswith("_std")})
+    out["n"] = grouped.size()
+    return out.reset_index()
+
+
+def mean_std_cells(agg: pd.DataFrame, metrics: list[str], scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """Replace <m>_mean/<m>_std column pairs by one 'mean +- std' text column (errors in percent by default)."""
+    out = agg.drop(columns=[c for c in agg if c.endswith(("_mean", "_std"))])
+    for m in metrics:
+        if f"{m}_mean" in agg:
+            out[m] = [
+                f"{mu * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+                for mu, sd in zip(agg[f"{m}_mean"], agg[f"{m}_std"])
+            ]
+    return out
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(df: pd.DataFrame, caption: str = "") -> str:
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("#", r"\#")
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{" + "l" * len(df.columns) + "}",
+        r"\toprule",
+        " & ".join(esc(c) for c in df.columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(esc(_cell(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + esc(caption) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, caption: str = "") -> list[Path]:
+    """<name>.csv, <name>.md and <name>.tex side by side."""
+    out = Path(out_dir)
+    md = (f"{caption}\n\n" if caption else "") + to_markdown(df)
+    return [
+        atomic_write_text(out / f"{name}.csv", df.to_csv(index=False)),
+        atomic_write_text(out / f"{name}.md", md),
+        atomic_write_text(out / f"{name}.tex", to_latex(df, caption)),
+    ]

@@ -1,0 +1,148 @@
+"""Sweeps: launchers end to end, collect on messy directories, kill-and-resume, figures from fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bnlab.results.analysis import default_analysis
+from bnlab.results.collect import collect, load, save, varying_keys
+from bnlab.train.loop import run
+from conftest import TINY
+
+SWEEP_ARGS = [*TINY, "train.epochs=1", "data.train_subset=256", "data.val_subset=128"]
+
+
+def multirun(tmp_path: Path, *args: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    cmd = [sys.executable, "-m", "bnlab.train", "-m", *SWEEP_ARGS, f"out_dir={tmp_path / 'runs'}", *args]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, **popen)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def completed_configs(study_dir: Path) -> list[tuple]:
+    runs, _ = collect(study_dir)
+    done = runs[runs.status == "completed"]
+    return sorted(zip(done["seed"], done["norm.name"]))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_tiny_multirun_through_each_launcher(tmp_path, launcher):
+    extra = {
+        "basic": [],
+        "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+    }[launcher]
+    proc = multirun(tmp_path, "study=launch", "seed=0,1", *extra)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert completed_configs(tmp_path / "runs" / "launch") == [(0, "batch"), (1, "batch")]
+    if launcher != "submitit_local":  # submitit jobs print into their own log files
+        assert "sweep summary" in proc.stdout and "2 completed" in proc.stdout
+
+
+def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    """SIGKILL a 4-run sweep after its first run finished; relaunching completes the rest and retrains nothing."""
+    args = ["study=kill", "seed=0,1", "norm=batch,group", "train.epochs=2"]
+    study = tmp_path / "runs" / "kill"
+    proc = multirun(tmp_path, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    summaries = lambda: sorted(study.glob("*/summary.json"))
+    while len(summaries()) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: (p.stat().st_mtime_ns, p.read_text()) for p in summaries()}
+    assert 1 <= len(finished) < 4, "the kill should land mid-sweep"
+
+    again = multirun(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already completed, skipping") == len(finished)
+    for p, (mtime, text) in finished.items():  # finished runs were not retrained or rewritten
+        assert p.stat().st_mtime_ns == mtime and p.read_text() == text
+    runs, epochs = collect(study)
+    assert len(runs) == 4 and (runs.status == "completed").all()
+    assert completed_configs(study) == [(0, "batch"), (0, "group"), (1, "batch"), (1, "group")]
+    assert epochs.groupby("run_id").epoch.apply(list).map(lambda e: e == [1, 2]).all()  # no duplicated epochs
+
+
+def _fake_sibling(src: Path, name: str) -> Path:
+    """A copy of a real run directory, to turn into a failed or half-written one."""
+    dst = src.parent / name
+    dst.mkdir()
+    for f in ("config.yaml", "metrics.csv", "checkpoint.pt"):
+        (dst / f).write_bytes((src / f).read_bytes())
+    return dst
+
+
+def test_collect_tolerates_completed_diverged_failed_and_half_written_runs(tiny_cfg):
+    ok = run(tiny_cfg("study=mixed", "train.epochs=1"))
+    diverged = run(tiny_cfg("study=mixed", "train.epochs=1", "optim.lr=1e12", "optim.nesterov=false"))
+    assert diverged["status"] == "diverged"
+    ok_dir = Path(ok["run_dir"])
+    failed = _fake_sibling(ok_dir, "failed0000001")
+    (failed / "summary.json").write_text(json.dumps({"status": "failed", "reason": "RuntimeError: boom"}))
+    _fake_sibling(ok_dir, "halfwritten01")  # killed mid-run: checkpoint and metrics, no summary
+    garbage = _fake_sibling(ok_dir, "garbage000001")
+    (garbage / "metrics.csv").write_bytes(b"\x00\x01not,a\ncsv\x00\x00\x00,,,\n\x00")
+    (garbage / "summary.json").write_text("{ truncated")
+
+    runs, epochs = collect(ok_dir.parent)
+    status = dict(zip(runs.run_id, runs.status))
+    assert status[ok["run_id"]] == "completed" and status[diverged["run_id"]] == "diverged"
+    assert status["failed0000001"] == "failed" and status["halfwritten01"] == "interrupted"
+    assert runs.set_index("run_id").loc["halfwritten01", "epochs_completed"] == 1
+    assert "summary.json unreadable" in runs.set_index("run_id").loc["garbage000001", "problem"]
+    assert {"optim.lr", "norm.name", "git_commit", "wall_time", "val_err_running"} <= set(runs.columns)
+    assert varying_keys(runs) == ["optim.lr", "optim.nesterov"]
+
+    save(runs, epochs, ok_dir.parent / "_collected")
+    runs2, epochs2 = load(ok_dir.parent / "_collected")
+    assert len(runs2) == len(runs) and len(epochs2) == len(epochs)
+
+
+def _fixture_results(tmp_path: Path, shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs, epochs = [], []
+    for arm in ("batch", "group"):
+        for seed in range(3):
+            rid = f"{arm}{seed}"
+            err = 0.1 + 0.05 * (arm == "group") + 0.01 * seed + shift
+            runs.append(
+                {
+                    "run_id": rid,
+                    "status": "completed",
+                    "seed": seed,
+                    "norm.name": arm,
+                    "train_err": err / 2,
+                    "val_err_running": err,
+                    "val_err_batch": err * 0.9,
+                }
+            )
+            epochs += [
+                {"run_id": rid, "epoch": e, "val_err_running": err * (3 - e), "val_err_batch": err} for e in (1, 2)
+            ]
+    return pd.DataFrame(runs), pd.DataFrame(epochs)
+
+
+def test_figures_build_from_fixture_and_change_with_data(tmp_path):
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    paths_a = default_analysis(*_fixture_results(tmp_path, 0.0), out_a)
+    default_analysis(*_fixture_results(tmp_path, 0.2), out_b)
+    names = sorted(p.name for p in paths_a)
+    assert names == ["curves.pdf", "curves.png", "table.csv", "table.md", "table.tex"]
+    for name in names:
+        a, b = (out_a / name).read_bytes(), (out_b / name).read_bytes()
+        assert len(a) > 100 and len(b) > 100
+        if not name.endswith(".pdf"):  # PDF bytes differ anyway (creation date), so only the others prove it
+            assert a != b, name
+    table = pd.read_csv(out_a / "table.csv")
+    assert list(table["norm.name"]) == ["batch", "group"] and (table["n"] == 3).all()
+    assert table.loc[0, "val_err_running"] == "11.0 ± 1.0"
