@@ -41,6 +41,12 @@ def cmd_status(args) -> None:
     print(status_report(Path(args.runs) / args.study))
 
 
+def cmd_health(args) -> None:
+    from bnlab.diagnostics.report import health_report
+
+    print(health_report(Path(args.run_dir), args.overrides, args.batches))
+
+
 def cmd_report(args) -> None:
     from bnlab.results.report import build_report
 
@@ -61,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--preset", default="cpu", help="which scale preset's runs: cpu | gpu | none | all")
         s.add_argument("--out", default=None, help="results folder (default results/<study>/<preset>)")
         s.set_defaults(fn=fn)
+    h = sub.add_parser("health", help="BN health report of a run's saved checkpoint on its (or given) data")
+    h.add_argument("run_dir", help="a run directory (holding config.yaml and checkpoint.pt)")
+    h.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.val_subset=5000")
+    h.add_argument("--batches", type=int, default=8, help="validation batches to measure batch statistics on")
+    h.set_defaults(fn=cmd_health)
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from bnlab.config import validate
 from bnlab.data import build_data
+from bnlab.diagnostics import build_monitor
 from bnlab.models import build_model
 from bnlab.norm import build_norm
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
@@ -46,7 +47,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20) -> dict:
+def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20, step_hook=None):
     model.train()
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=loader.device)
@@ -68,6 +69,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress
             if not math.isfinite(running):
                 raise Diverged(f"training loss became {running} at epoch {epoch + 1}, batch {i + 1}")
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{schedule.lr():.2e}")
+        if step_hook is not None:
+            step_hook(i)
     return {"train_loss": loss_sum.item() / n, "train_err": wrong.item() / n}
 
 
@@ -94,6 +97,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     rd.root.mkdir(parents=True, exist_ok=True)  # only now: bad config or data never leaves a run directory
     rd.write_config(cfg)
 
+    monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
     start_epoch, step, history, wall_before = 0, 0, [], 0.0
     if cfg.train.get("resume", True) and rd.checkpoint.exists():
         state = load_checkpoint(rd.checkpoint)
@@ -102,6 +106,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
         schedule.load_state_dict(state["schedule"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         wall_before = state.get("wall_time", 0.0)
+        if monitor is not None:
+            monitor.events = state.get("health_events", [])
         print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
 
     logger = WandbLogger(cfg, rd.root, rid, tags)
@@ -115,6 +121,13 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
         **environment(device),
     }
     status, t0 = "running", time.time()
+    step_hook = None
+    if monitor is not None and monitor.cfg.every_n_steps:
+
+        def step_hook(i: int) -> None:  # running_var extremes between evaluations (no forward pass)
+            if (i + 1) % monitor.cfg.every_n_steps == 0:
+                logger.log(monitor.running_var_extremes(model), step=step + i + 1)
+
     try:
         for epoch in range(start_epoch, epochs):
             t_epoch = time.time()
@@ -132,8 +145,11 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
             )
             step += len(data.train)
             for eval_mode in cfg.eval.modes:
-                for k, v in evaluate(model, data.val, loss_fn, eval_mode).items():
+                precise = int(cfg.eval.get("precise_samples", 8192))
+                for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, precise).items():
                     row[f"val_{k}_{eval_mode}"] = v
+            if monitor is not None:
+                row.update(monitor.check(model, data.val, row, epoch=epoch + 1))
             schedule.step_epoch(row)
             row.update(step=step, epoch_time=time.time() - t_epoch)
             history.append(row)
@@ -151,6 +167,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 step=step,
                 history=history,
                 wall_time=wall_before + time.time() - t0,
+                health_events=monitor.events if monitor else [],
             )
         status = "completed"
     except Diverged as e:
@@ -171,6 +188,9 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 wall_time=wall_before + time.time() - t0,
                 final=history[-1] if history else {},
             )
+            if monitor is not None:
+                summary.update(events=monitor.events, health=monitor.describe())
+                print(f"[bnlab] {summary['health']}")
             rd.write_summary(summary)
             logger.summary({"status": status, **summary["final"]})
             logger.finish(failed=status != "completed")
