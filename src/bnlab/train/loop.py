@@ -30,6 +30,12 @@ class Diverged(RuntimeError):
     pass
 
 
+def format_row(row: dict) -> str:
+    """Core metrics on one console line; namespaced diagnostics (health/...) go to the CSV, with one flag here."""
+    text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if "/" not in k)
+    return text + ("  BN-HEALTH: EMA corruption" if row.get("health/ema_corruption") else "")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,9 +161,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
             history.append(row)
             rd.write_metrics(history)
             logger.log(row, step=step)
-            print(
-                "[bnlab] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            )
+            print("[bnlab] " + format_row(row))
             save_checkpoint(
                 rd.checkpoint,
                 model=model.state_dict(),
