@@ -1,5 +1,6 @@
 """Normalization layers and the one factory every model uses to build them."""
 
+from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
 
-__all__ = ["NORMS", "build_norm"]
+__all__ = ["NORMS", "BatchNorm2d", "build_norm", "no_stats_update"]

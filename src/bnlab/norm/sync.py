@@ -1,0 +1,92 @@
+"""Sync BN: batch statistics over the samples of several processes (Wu, "Devils in BatchNorm", Sync BN slide).
+
+Each rank sends (per-channel sum, sum of squares, element count) through ONE all-reduce; every rank then
+normalizes its own samples with the mean and variance of the union. The all-reduce is differentiable (its
+backward all-reduces the gradient), so each sample's gradient sees the other ranks' samples through the shared
+statistics, exactly as single-process BN over the whole batch. Counts travel with the sums, so ranks with unequal
+batches are weighted by their sizes. Plain torch.distributed collectives: works with gloo on CPU (PyTorch's
+SyncBatchNorm only accepts CUDA tensors) and with NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from bnlab.norm.stats import channel_sums, mean_var, normalize, update_running
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of `group`; the gradient of a sum that every rank uses is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+_SUBGROUPS: dict[tuple[int, int], object] = {}
+
+
+def consecutive_ranks_group(ranks_per_group: int):
+    """The process group of this rank when ranks are split into groups of consecutive ranks (cached per size).
+
+    Creating groups is collective: every rank must call this with the same size, which holds when every rank
+    runs the same model on the same per-device batch size.
+    """
+    world = dist.get_world_size()
+    key = (ranks_per_group, world)
+    if key not in _SUBGROUPS:
+        if ranks_per_group == world:
+            _SUBGROUPS[key] = dist.group.WORLD
+        else:
+            _SUBGROUPS[key], _ = dist.new_subgroups(group_size=ranks_per_group)
+    return _SUBGROUPS[key]
+
+
+def ranks_for_nbs(nbs: int, batch_size: int) -> int:
+    """How many consecutive ranks make the normalization batch `nbs` out of per-device batches of `batch_size`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"nbs={nbs} is larger than the per-device batch of {batch_size}: that is Sync BN, which needs "
+            "torch.distributed to be initialized (or pass process_group=...). For one process use nbs <= batch size."
+        )
+    if nbs % batch_size:
+        raise ValueError(f"nbs={nbs} must be a multiple of the per-device batch size {batch_size} for Sync BN")
+    ranks, world = nbs // batch_size, dist.get_world_size()
+    if world % ranks:
+        raise ValueError(
+            f"nbs={nbs} with per-device batch {batch_size} needs groups of {ranks} processes, "
+            f"which do not divide the world size {world}"
+        )
+    return ranks
+
+
+def sync_batch_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    factor: float,
+    eps: float,
+    group,
+) -> Tensor:
+    """Normalize `x` with the statistics of the union of all ranks' batches in `group`; update the EMA if given."""
+    c = x.shape[1]
+    total, total_sq, count = channel_sums(x)
+    packed = AllReduceSum.apply(torch.cat([total, total_sq, count.view(1)]), group)  # one collective, not three
+    total, total_sq, count = packed[:c], packed[c : 2 * c], packed[2 * c]
+    mean, var = mean_var(total, total_sq, count)
+    if running_mean is not None:
+        update_running(running_mean, running_var, mean.detach(), var.detach(), count.detach(), factor)
+    return normalize(x, mean, var, weight, bias, eps)

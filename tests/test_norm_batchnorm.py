@@ -1,0 +1,182 @@
+"""bnlab BatchNorm2d against PyTorch's own layers: plain BN, Ghost BN (both layouts), statistics options."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.norm import BatchNorm2d, no_stats_update
+
+TOL = {"atol": 1e-12, "rtol": 1e-10}
+
+
+def _data(b=16, c=3, hw=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64) * 2 + 0.5
+    return x, torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64)
+
+
+def _affine(*layers):
+    """Same random weight and bias in every layer (not the 1/0 defaults, so affine bugs show)."""
+    g = torch.Generator().manual_seed(1)
+    c = layers[0].num_features
+    w, b = torch.rand(c, generator=g, dtype=torch.float64) + 0.5, torch.randn(c, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for m in layers:
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+
+
+def _step(layer, x, gy):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    y.backward(gy)
+    return y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
+
+
+def test_plain_equals_nn_batchnorm_train_grads_running_stats_and_eval():
+    ours, ref = BatchNorm2d(3, momentum=0.2).double(), nn.BatchNorm2d(3, momentum=0.2).double()
+    _affine(ours, ref)
+    for step in range(4):
+        x, gy = _data(seed=step)
+        ours.zero_grad()
+        ref.zero_grad()
+        for a, b in zip(_step(ours, x, gy), _step(ref, x, gy)):
+            torch.testing.assert_close(a, b, **TOL)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, **TOL)
+    assert int(ours.num_batches_tracked) == 4
+    ours.eval(), ref.eval()
+    x, _ = _data(seed=9)
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+def test_plain_cumulative_momentum_none_matches_pytorch():
+    ours, ref = BatchNorm2d(3, momentum=None).double(), nn.BatchNorm2d(3, momentum=None).double()
+    for step in range(3):
+        x, _ = _data(seed=step)
+        ours(x), ref(x)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+
+
+def _ghost_groups(b, nbs, layout):
+    groups = b // nbs
+    if layout == "contiguous":
+        return [torch.arange(g * nbs, (g + 1) * nbs) for g in range(groups)]
+    return [torch.arange(g, b, groups) for g in range(groups)]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout):
+    b, nbs = 16, 4
+    ours = BatchNorm2d(3, momentum=0.3, nbs=nbs, ghost_layout=layout).double()
+    base = nn.BatchNorm2d(3, momentum=0.3).double()
+    _affine(ours, base)
+    # one nn.BatchNorm2d per group, sharing weight and bias; the ghost EMA is the average of their EMAs
+    refs = [copy.deepcopy(base) for _ in range(b // nbs)]
+    for r in refs:
+        r.weight, r.bias = base.weight, base.bias
+    for step in range(3):
+        x, gy = _data(b=b, seed=step)
+        ours.zero_grad(), base.zero_grad()
+        y, gx, gw, gb = _step(ours, x, gy)
+        xr = x.clone().requires_grad_()
+        y_ref = torch.empty_like(x)
+        for r, idx in zip(refs, _ghost_groups(b, nbs, layout)):
+            y_g = r(xr[idx])
+            y_ref[idx] = y_g.detach()
+            y_g.backward(gy[idx])
+        torch.testing.assert_close(y, y_ref, **TOL)
+        torch.testing.assert_close(gx, xr.grad, **TOL)
+        torch.testing.assert_close(gw, base.weight.grad, **TOL)
+        torch.testing.assert_close(gb, base.bias.grad, **TOL)
+        mean = torch.stack([r.running_mean for r in refs]).mean(0)
+        var = torch.stack([r.running_var for r in refs]).mean(0)
+        torch.testing.assert_close(ours.running_mean, mean, **TOL)
+        torch.testing.assert_close(ours.running_var, var, **TOL)
+        for r in refs:  # the groups share one EMA
+            r.running_mean.copy_(mean), r.running_var.copy_(var)
+    # the two layouts really group differently
+    other = "strided" if layout == "contiguous" else "contiguous"
+    alt = BatchNorm2d(3, nbs=nbs, ghost_layout=other).double()
+    x, _ = _data(b=b)
+    assert not torch.allclose(alt(x), BatchNorm2d(3, nbs=nbs, ghost_layout=layout).double()(x))
+
+
+def test_ghost_nbs_equal_to_batch_is_plain_and_channels_last_is_kept():
+    x, _ = _data(b=8)
+    torch.testing.assert_close(BatchNorm2d(3, nbs=8).double()(x), nn.BatchNorm2d(3).double()(x), **TOL)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y = BatchNorm2d(3, nbs=2).double()(xc)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, BatchNorm2d(3, nbs=2).double()(x), **TOL)
+
+
+def test_train_stats_running_normalizes_with_ema_and_still_updates_it():
+    ours = BatchNorm2d(3, train_stats="running").double()
+    ref = nn.BatchNorm2d(3).double()
+    _affine(ours, ref)
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.running_mean.fill_(0.3), m.running_var.fill_(2.0)
+    x, _ = _data()
+    y = ours(x)  # training mode, running statistics (before this step's update)
+    ref.eval()
+    torch.testing.assert_close(y, ref(x), **TOL)
+    ref.train()
+    ref(x)  # the EMA follows the batch exactly as nn.BatchNorm2d's
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+
+
+def test_update_stats_false_uses_batch_stats_without_touching_ema():
+    layer = BatchNorm2d(3, update_stats=False).double()
+    x, _ = _data()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    torch.testing.assert_close(layer(x), nn.BatchNorm2d(3).double()(x), **TOL)
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    model = nn.Sequential(BatchNorm2d(3).double())
+    with no_stats_update(model):  # e.g. a GAN discriminator on a fake batch
+        model(x)
+    assert int(model[0].num_batches_tracked) == 0 and model[0].update_stats
+    model(x)
+    assert int(model[0].num_batches_tracked) == 1
+
+
+def test_statistics_are_float32_under_bf16_autocast():
+    x = torch.randn(8, 4, 6, 6) * 3 + 100  # large mean: bf16 sums would lose it
+    layer = BatchNorm2d(4, nbs=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and layer.running_mean.dtype == torch.float32
+    ref = BatchNorm2d(4, nbs=4)
+    ref(x.bfloat16().float())
+    torch.testing.assert_close(layer.running_mean, ref.running_mean, atol=1e-3, rtol=1e-4)
+
+
+def test_state_dict_interchangeable_with_nn_batchnorm():
+    ref = nn.BatchNorm2d(5)
+    ref(torch.randn(4, 5, 3, 3))
+    ours = BatchNorm2d(5, nbs=2)
+    ours.load_state_dict(ref.state_dict())
+    back = nn.BatchNorm2d(5)
+    back.load_state_dict(ours.state_dict())
+    assert all(torch.equal(ref.state_dict()[k], v) for k, v in back.state_dict().items())
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match=r"nbs=3 does not divide the batch size 8"):
+        BatchNorm2d(3, nbs=3)(torch.randn(8, 3, 2, 2))
+    with pytest.raises(RuntimeError, match=r"nbs=16 is larger than the per-device batch of 8.*torch.distributed"):
+        BatchNorm2d(3, nbs=16)(torch.randn(8, 3, 2, 2))
+    with pytest.raises(ValueError, match="ghost_layout"):
+        BatchNorm2d(3, ghost_layout="interleaved")
+    with pytest.raises(ValueError, match="train_stats"):
+        BatchNorm2d(3, train_stats="ema")
+    with pytest.raises(ValueError, match="nbs must be a positive integer"):
+        BatchNorm2d(3, nbs=0)
