@@ -2,6 +2,21 @@
 
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
+from bnlab.norm.frozen import FrozenBatchNorm2d, freeze_batchnorm
 from bnlab.norm.renorm import BatchRenorm2d
+from bnlab.norm.separate import SeparateBatchNorm2d, set_domain, use_domain
+from bnlab.norm.virtual import virtual_bn
 
-__all__ = ["NORMS", "BatchNorm2d", "BatchRenorm2d", "build_norm", "no_stats_update"]
+__all__ = [
+    "NORMS",
+    "BatchNorm2d",
+    "BatchRenorm2d",
+    "FrozenBatchNorm2d",
+    "SeparateBatchNorm2d",
+    "build_norm",
+    "freeze_batchnorm",
+    "no_stats_update",
+    "set_domain",
+    "use_domain",
+    "virtual_bn",
+]

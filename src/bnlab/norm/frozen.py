@@ -1,0 +1,77 @@
+"""Frozen BN: a constant per-channel affine from given or loaded statistics (Wu, "Devils in BatchNorm").
+
+y = weight * (x - running_mean) / sqrt(running_var + eps) + bias, in training and in evaluation alike: no batch
+statistics, no updates. Used to fine-tune a BN-trained model with small batches (detection), and for "frozen BN"
+networks whose normalization is fixed, e.g. at its value at initialization (Myrtle, "How to train your ResNet 7").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """A constant affine with nn.BatchNorm2d's state_dict keys (minus num_batches_tracked, ignored on load).
+
+    By default weight and bias are buffers, as torchvision's FrozenBatchNorm2d; `trainable_affine=True` makes them
+    parameters (the normalization stays frozen while the affine learns).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, trainable_affine: bool = False, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.trainable_affine = num_features, eps, trainable_affine
+        weight, bias = torch.ones(num_features, **kw), torch.zeros(num_features, **kw)
+        if trainable_affine:
+            self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
+        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+        self.register_buffer("running_var", torch.ones(num_features, **kw))
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.Module, trainable_affine: bool = False) -> FrozenBatchNorm2d:
+        """Freeze a BN-like layer at its current running statistics (a SeparateBatchNorm2d: its active domain)."""
+        rm = bn.running_mean
+        frozen = cls(bn.num_features, bn.eps, trainable_affine, device=rm.device, dtype=rm.dtype)
+        with torch.no_grad():
+            frozen.running_mean.copy_(bn.running_mean)
+            frozen.running_var.copy_(bn.running_var)
+            if getattr(bn, "weight", None) is not None:
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+        return frozen
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # so BatchNorm2d checkpoints load as they are
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, trainable_affine={self.trainable_affine}"
+
+
+def is_freezable(m: nn.Module) -> bool:
+    from bnlab.norm.separate import SeparateBatchNorm2d
+
+    bn = isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    return bn or isinstance(m, SeparateBatchNorm2d)
+
+
+def freeze_batchnorm(model: nn.Module, trainable_affine: bool = False) -> nn.Module:
+    """Replace every BN layer of `model` (torch's, bnlab's, Sync, Renorm, Separate) by a FrozenBatchNorm2d
+    holding its current statistics and affine; returns the model (a new object if `model` itself is a BN)."""
+    if is_freezable(model):
+        return FrozenBatchNorm2d.from_batchnorm(model, trainable_affine)
+    for name, child in model.named_children():
+        new = freeze_batchnorm(child, trainable_affine)
+        if new is not child:
+            setattr(model, name, new)
+    return model

@@ -1,0 +1,103 @@
+"""Separate BN: one shared affine, separate running statistics per domain (Wu, "Devils in BatchNorm").
+
+When batches come from different domains (source/target, real/fake, per dataset), one EMA averages
+distributions that are never seen together at test time. Each domain keeps its own running mean and variance;
+the learned weight and bias are shared. The domain is chosen per call (`layer(x, domain=1)`) or, for models whose
+forward does not pass it, for every layer at once with `use_domain(model, d)` / `set_domain(model, d)`.
+state_dict: ``weight, bias, domains.<d>.running_mean, domains.<d>.running_var, domains.<d>.num_batches_tracked``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DomainStats(nn.Module):
+    """The running statistics of one domain (buffers only)."""
+
+    def __init__(self, num_features: int, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+        self.register_buffer("running_var", torch.ones(num_features, **kw))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+
+class SeparateBatchNorm2d(nn.Module):
+    """BN whose running statistics are per domain; `running_mean`/`running_var` are those of the active domain.
+
+    Args as nn.BatchNorm2d (momentum: weight of the new batch; None = cumulative average), plus `num_domains`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_domains: int = 2,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if not isinstance(num_domains, int) or num_domains < 1:
+            raise ValueError(f"num_domains must be a positive integer, got {num_domains!r}")
+        self.num_features, self.num_domains, self.eps, self.momentum = num_features, num_domains, eps, momentum
+        self.affine = affine
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.ones(num_features, **kw)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features, **kw)) if affine else None
+        self.domains = nn.ModuleList(DomainStats(num_features, **kw) for _ in range(num_domains))
+        self.domain = 0  # the active domain when forward is not told one
+
+    # the active domain's statistics, so code written for BN layers (precise_bn, freezing) works on it
+    running_mean = property(lambda self: self.domains[self.domain].running_mean)
+    running_var = property(lambda self: self.domains[self.domain].running_var)
+    num_batches_tracked = property(lambda self: self.domains[self.domain].num_batches_tracked)
+
+    def set_domain(self, domain: int) -> None:
+        if not 0 <= domain < self.num_domains:
+            raise ValueError(f"domain {domain} out of range for {self.num_domains} domains")
+        self.domain = domain
+
+    def forward(self, x: Tensor, domain: int | None = None) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        if domain is not None and not 0 <= domain < self.num_domains:
+            raise ValueError(f"domain {domain} out of range for {self.num_domains} domains")
+        stats = self.domains[self.domain if domain is None else domain]
+        factor = 0.0
+        if self.training:
+            stats.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(stats.num_batches_tracked)
+        return F.batch_norm(
+            x, stats.running_mean, stats.running_var, self.weight, self.bias, self.training, factor, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, momentum={self.momentum}"
+
+
+def set_domain(model: nn.Module, domain: int) -> None:
+    """Make `domain` active in every SeparateBatchNorm2d of `model`."""
+    for m in model.modules():
+        if isinstance(m, SeparateBatchNorm2d):
+            m.set_domain(domain)
+
+
+@contextmanager
+def use_domain(model: nn.Module, domain: int):
+    """`with use_domain(model, 1): model(target_batch)` - every SeparateBatchNorm2d uses domain 1 inside."""
+    layers = [m for m in model.modules() if isinstance(m, SeparateBatchNorm2d)]
+    saved = [m.domain for m in layers]
+    for m in layers:
+        m.set_domain(domain)
+    try:
+        yield model
+    finally:
+        for m, d in zip(layers, saved):
+            m.domain = d

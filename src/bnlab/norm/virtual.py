@@ -1,0 +1,70 @@
+"""Virtual BN: normalize with statistics of the batch plus extra forward-only reference images.
+
+Salimans et al. 2016 ("Improved Techniques for Training GANs", sec. 3.4) normalize each example with statistics
+of a fixed reference batch; Wu ("Devils in BatchNorm") lists it as a way to raise the normalization batch size
+without back-propagating through the extra images. Here:
+
+    with virtual_bn(model, reference):   # one extra no-grad forward of `reference`, at entry
+        loss = loss_fn(model(x), y)      # each BatchNorm2d normalizes x with stats of (x + reference)
+    loss.backward()                      # gradients flow through x's share of the statistics only
+
+At entry every bnlab BatchNorm2d records (sum, sum of squares, count) of its input on the reference batch, which
+it normalizes with the reference's own statistics (as in Salimans et al.: "the reference batch is normalized
+using only its own statistics"). Inside the block, a training-mode forward combines the batch's sums (with
+gradient) with the recorded ones (constants) and moves the EMA toward the combined statistics. The statistics
+depend on the current weights, so enter the block once per step: the cost is one forward of the reference batch
+per step, without a backward, and memory for one (C,) triple per layer. Works with plain batch statistics only
+(not with Ghost/Sync nbs, not with train_stats="running").
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from bnlab.norm.batchnorm import BatchNorm2d
+from bnlab.norm.stats import channel_sums, mean_var, normalize, update_running
+
+
+class ReferenceStats:
+    """Per-layer state: records the reference batch's sums on the first call, then normalizes with them."""
+
+    def __init__(self):
+        self.sums: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def __call__(self, layer: BatchNorm2d, x: Tensor) -> Tensor:
+        if self.sums is None:  # the reference pass: its own statistics, nothing updated
+            self.sums = tuple(t.detach() for t in channel_sums(x))
+            mean, var = mean_var(*self.sums)
+            return normalize(x, mean, var, layer.weight, layer.bias, layer.eps)
+        total, total_sq, count = (a + r for a, r in zip(channel_sums(x), self.sums))
+        mean, var = mean_var(total, total_sq, count)
+        if layer.update_stats:
+            layer.num_batches_tracked.add_(1)
+            factor = layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked)
+            update_running(layer.running_mean, layer.running_var, mean.detach(), var.detach(), count, factor)
+        return normalize(x, mean, var, layer.weight, layer.bias, layer.eps)
+
+
+@contextmanager
+def virtual_bn(model: nn.Module, reference: Tensor):
+    """Inside the block, training-mode forwards of `model` normalize with batch + `reference` statistics."""
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    for m in layers:
+        if m.nbs is not None or m.process_group is not None or m.train_stats != "batch":
+            raise ValueError(f"virtual_bn needs plain BatchNorm2d layers (nbs=None, train_stats='batch'), got {m}")
+        m.virtual = ReferenceStats()
+    try:
+        modes = [m.training for m in layers]
+        for m in layers:
+            m.train()  # record even if the model is in eval mode now
+        with torch.no_grad():
+            model(reference)
+        for m, was_training in zip(layers, modes):
+            m.train(was_training)
+        yield model
+    finally:
+        for m in layers:
+            m.virtual = None
