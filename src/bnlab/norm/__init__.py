@@ -3,6 +3,7 @@
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
 from bnlab.norm.frozen import FrozenBatchNorm2d, freeze_batchnorm
+from bnlab.norm.precise import adaptive_bn, batchnorm_layers, precise_bn
 from bnlab.norm.renorm import BatchRenorm2d
 from bnlab.norm.separate import SeparateBatchNorm2d, set_domain, use_domain
 from bnlab.norm.virtual import virtual_bn
@@ -13,9 +14,12 @@ __all__ = [
     "BatchRenorm2d",
     "FrozenBatchNorm2d",
     "SeparateBatchNorm2d",
+    "adaptive_bn",
+    "batchnorm_layers",
     "build_norm",
     "freeze_batchnorm",
     "no_stats_update",
+    "precise_bn",
     "set_domain",
     "use_domain",
     "virtual_bn",

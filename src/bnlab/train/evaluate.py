@@ -1,18 +1,23 @@
-"""Validation with running (EMA) statistics and with batch statistics.
+"""Validation with running (EMA) statistics, with batch statistics, and with population statistics.
 
-The gap between the two is the central symptom bnlab studies ("When does BatchNorm fail? When mu_EMA,
+The gap between the first two is the central symptom bnlab studies ("When does BatchNorm fail? When mu_EMA,
 sigma_EMA do not approximate mu_B, sigma_B" - Wu, Devils in BatchNorm). Batch-mode evaluation puts the model
 in train mode but restores every buffer afterwards, so it never changes the running statistics and the loop
-needs to know nothing about which normalization layers the model has.
+needs to know nothing about which normalization layers the model has. "precise" evaluates a copy of the model
+whose BN statistics were recomputed over training batches (Precise BN); "adaptive" recomputes them over the
+validation data itself (Adaptive BN, the target domain). Neither touches the model being trained.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
 
-EVAL_MODES = ("running", "batch")
+from bnlab.norm import precise_bn
+
+EVAL_MODES = ("running", "batch", "precise", "adaptive")
 
 
 @contextmanager
@@ -49,12 +54,25 @@ def _loop(model, loader, loss_fn) -> dict:
     return {"loss": loss_sum.item() / max(n, 1), "err": wrong.item() / max(n, 1)}
 
 
-def evaluate(model, loader, loss_fn, eval_mode: str = "running") -> dict:
-    """Return {'loss', 'err'} on `loader` with the given statistics mode."""
+def evaluate(
+    model, loader, loss_fn, eval_mode: str = "running", train_loader=None, precise_samples: int = 8192
+) -> dict:
+    """Return {'loss', 'err'} on `loader` with the given statistics mode.
+
+    "precise" needs `train_loader` (its batches give the population statistics, `precise_samples` samples).
+    """
     if eval_mode == "running":
         with mode(model, train=False):
             return _loop(model, loader, loss_fn)
     if eval_mode == "batch":
         with mode(model, train=True), preserved_buffers(model):
             return _loop(model, loader, loss_fn)
+    if eval_mode in ("precise", "adaptive"):
+        source = train_loader if eval_mode == "precise" else loader
+        if source is None:
+            raise ValueError("eval mode 'precise' needs the training loader (evaluate(..., train_loader=...))")
+        frozen = copy.deepcopy(model)
+        precise_bn(frozen, source, precise_samples)
+        with mode(frozen, train=False):
+            return _loop(frozen, loader, loss_fn)
     raise ValueError(f"unknown eval mode {eval_mode!r} (allowed: {', '.join(EVAL_MODES)})")

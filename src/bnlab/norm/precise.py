@@ -1,0 +1,91 @@
+"""Precise BN: replace the EMA by the true population statistics of the current, frozen model.
+
+Wu, "Devils in BatchNorm" (EMA vs Precise BN slides) and Wu & Johnson 2021 ("Rethinking 'Batch' in BatchNorm",
+sec. 3 and appendix): the EMA is biased toward recent, older models and is short-sighted; instead freeze the
+model and aggregate each BN layer's input statistics over N samples. As in pycls/fvcore, the network runs in
+training mode during the pass, so upstream BN layers normalize with batch statistics as they do in training
+(their running statistics are held fixed: momentum 0 during the pass). Each batch is weighted by its element
+count - mean = sum x / n, var = sum x^2 / n - mean^2 over all elements - so batches of any and unequal sizes
+give the exact population mean and (biased) variance of every layer's inputs.
+
+Adaptive BN (Li et al. 2016, "Revisiting Batch Normalization for Practical Domain Adaptation") is the same
+computation on target-domain data: `adaptive_bn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from bnlab.norm.separate import SeparateBatchNorm2d
+from bnlab.norm.stats import channel_sums, mean_var
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """BN layers with running statistics: torch's and bnlab's _BatchNorm subclasses, and SeparateBatchNorm2d
+    (its active domain). FrozenBatchNorm2d is constant by design and not included."""
+    return [
+        m
+        for m in model.modules()
+        if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
+        or isinstance(m, SeparateBatchNorm2d)
+    ]
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable, num_samples: int = 8192) -> int:
+    """Set every BN layer's running_mean/running_var to its population statistics over the first `num_samples`.
+
+    `batches`: input tensors or (input, target, ...) tuples, of any sizes; the last one is cut at `num_samples`.
+    Parameters are untouched; train/eval modes, momenta and all other BN buffers (num_batches_tracked) are
+    restored. Returns the number of samples used (fewer than `num_samples` if `batches` runs out).
+    Single-process: under DDP each rank computes statistics of its own batches.
+    """
+    layers = batchnorm_layers(model)
+    sums: dict[nn.Module, list] = {}
+
+    def record(layer, args):
+        x = args[0]
+        new = channel_sums(x.double() if x.dtype != torch.float64 else x)
+        old = sums.get(layer)
+        sums[layer] = list(new) if old is None else [a + b for a, b in zip(old, new)]
+
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in layers]
+    buffers = [{k: b.clone() for k, b in m.named_buffers()} for m in layers]
+    handles = [m.register_forward_pre_hook(record) for m in layers]
+    seen = 0
+    try:
+        model.train()
+        for m in layers:
+            m.momentum = 0.0  # hold upstream running statistics fixed: no "moving model" during the pass
+        for batch in batches:
+            if seen >= num_samples:
+                break
+            x = batch[0] if isinstance(batch, tuple | list) else batch
+            x = x[: num_samples - seen].to(device)
+            model(x)
+            seen += len(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum, saved in zip(layers, momenta, buffers):
+            m.momentum = momentum
+            for k, b in m.named_buffers():
+                b.copy_(saved[k])
+    for m in layers:
+        if m in sums:  # a layer the batches never reached keeps its statistics
+            mean, var = mean_var(*sums[m])
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+    return seen
+
+
+def adaptive_bn(model: nn.Module, target_batches: Iterable, num_samples: int = 8192) -> int:
+    """Adaptive BN (Li et al. 2016): population statistics recomputed on target-domain data (= `precise_bn`)."""
+    return precise_bn(model, target_batches, num_samples)
