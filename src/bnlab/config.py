@@ -26,7 +26,7 @@ def validate(cfg: DictConfig) -> None:
     from bnlab.data import DATASETS
     from bnlab.data.samplers import SAMPLERS
     from bnlab.models import MODELS
-    from bnlab.norm import NORMS
+    from bnlab.norm import NORMS, validate_norm
     from bnlab.train.evaluate import EVAL_MODES
     from bnlab.train.losses import LOSSES
     from bnlab.train.optim import OPTIMIZERS, SCHEDULES
@@ -58,3 +58,4 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.get("device", "auto"))
     if not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ConfigError("device", f"got {device!r}", allowed=("auto", "cpu", "cuda", "cuda:N"))
+    validate_norm(cfg)  # norm.nbs against the batch sizes, BRN schedule, precise-BN samples

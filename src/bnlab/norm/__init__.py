@@ -1,4 +1,9 @@
-"""Normalization layers and the one factory every model uses to build them."""
+"""Normalization layers and the one factory every model uses to build them.
+
+One file per idea: batchnorm (plain / Ghost BN, the NBS knob), sync (Sync BN), renorm (Batch Renorm), frozen,
+separate (per-domain statistics), virtual (reference-batch BN), precise (Precise / Adaptive BN), stats (the
+sums -> mean/var formula they share), factory (config -> layer), validate (config checks).
+"""
 
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
@@ -6,6 +11,7 @@ from bnlab.norm.frozen import FrozenBatchNorm2d, freeze_batchnorm
 from bnlab.norm.precise import adaptive_bn, batchnorm_layers, precise_bn
 from bnlab.norm.renorm import BatchRenorm2d
 from bnlab.norm.separate import SeparateBatchNorm2d, set_domain, use_domain
+from bnlab.norm.validate import validate_norm
 from bnlab.norm.virtual import virtual_bn
 
 __all__ = [
@@ -22,5 +28,6 @@ __all__ = [
     "precise_bn",
     "set_domain",
     "use_domain",
+    "validate_norm",
     "virtual_bn",
 ]

@@ -7,12 +7,50 @@ from collections.abc import Callable
 from torch import nn
 
 from bnlab.config_errors import ConfigError
+from bnlab.norm.batchnorm import BatchNorm2d
+from bnlab.norm.frozen import FrozenBatchNorm2d
+from bnlab.norm.renorm import BatchRenorm2d
+from bnlab.norm.separate import SeparateBatchNorm2d
 
 NormFactory = Callable[[int], nn.Module]
 
 
 def _batch(cfg) -> NormFactory:
-    return lambda c: nn.BatchNorm2d(c, eps=cfg.get("eps", 1e-5), momentum=cfg.get("momentum", 0.1))
+    # plain, Ghost (nbs < batch) or Sync (nbs > batch) BN; nbs: null is nn.BatchNorm2d exactly
+    kw = {
+        "eps": cfg.get("eps", 1e-5),
+        "momentum": cfg.get("momentum", 0.1),
+        "nbs": cfg.get("nbs"),
+        "ghost_layout": cfg.get("ghost_layout", "contiguous"),
+        "train_stats": cfg.get("train_stats", "batch"),
+        "update_stats": cfg.get("update_stats", True),
+    }
+    return lambda c: BatchNorm2d(c, **kw)
+
+
+def _renorm(cfg) -> NormFactory:
+    kw = {
+        "eps": cfg.get("eps", 1e-5),
+        "momentum": cfg.get("momentum", 0.01),
+        "r_max": cfg.get("r_max", 3.0),
+        "d_max": cfg.get("d_max", 5.0),
+        "warmup_steps": cfg.get("warmup_steps", 5000),
+        "r_max_full_at": cfg.get("r_max_full_at", 40000),
+        "d_max_full_at": cfg.get("d_max_full_at", 25000),
+        "nbs": cfg.get("nbs"),
+        "ghost_layout": cfg.get("ghost_layout", "contiguous"),
+    }
+    return lambda c: BatchRenorm2d(c, **kw)
+
+
+def _frozen(cfg) -> NormFactory:
+    # statistics mean 0 / var 1 until loaded, precise-BN'd before freezing, or set by an experiment
+    return lambda c: FrozenBatchNorm2d(c, eps=cfg.get("eps", 1e-5), trainable_affine=cfg.get("trainable_affine", True))
+
+
+def _separate(cfg) -> NormFactory:
+    kw = {"eps": cfg.get("eps", 1e-5), "momentum": cfg.get("momentum", 0.1)}
+    return lambda c: SeparateBatchNorm2d(c, int(cfg.get("num_domains", 2)), **kw)
 
 
 def _group(cfg) -> NormFactory:
@@ -43,6 +81,9 @@ def _none(cfg) -> NormFactory:
 
 NORMS: dict[str, Callable[..., NormFactory]] = {
     "batch": _batch,
+    "renorm": _renorm,
+    "frozen": _frozen,
+    "separate": _separate,
     "group": _group,
     "instance": _instance,
     "layer": _layer,

@@ -1,0 +1,104 @@
+"""Config -> norm layers through the one factory; bad norm config fails before training; the real entry point."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.config import validate
+from bnlab.config_errors import ConfigError
+from bnlab.norm import NORMS, BatchNorm2d, BatchRenorm2d, FrozenBatchNorm2d, SeparateBatchNorm2d, build_norm
+from bnlab.train.loop import run
+from conftest import compose_cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, cls",
+    [
+        (["norm=batch"], BatchNorm2d),
+        (["norm=ghost"], BatchNorm2d),
+        (["norm=renorm"], BatchRenorm2d),
+        (["norm=frozen"], FrozenBatchNorm2d),
+        (["norm=separate"], SeparateBatchNorm2d),
+        (["norm=group"], nn.GroupNorm),
+        (["norm=instance"], nn.InstanceNorm2d),
+        (["norm=layer"], nn.GroupNorm),
+        (["norm=none"], nn.Identity),
+    ],
+)
+def test_every_config_builds_its_layer(overrides, cls):
+    cfg = compose_cfg(overrides)
+    layer = build_norm(cfg.norm)(16)
+    assert type(layer) is cls
+    out = layer(torch.randn(32, 16, 3, 3))
+    assert out.shape == (32, 16, 3, 3) and torch.isfinite(out).all()
+    validate(cfg)
+
+
+def test_config_values_reach_the_layers():
+    ghost = build_norm(compose_cfg(["norm=ghost", "norm.ghost_layout=strided", "norm.momentum=0.05"]).norm)(8)
+    assert (ghost.nbs, ghost.ghost_layout, ghost.momentum) == (16, "strided", 0.05)
+    brn = build_norm(compose_cfg(["norm=renorm", "norm.nbs=4", "norm.r_max=2.0"]).norm)(8)
+    assert (brn.nbs, brn.r_max, brn.d_max, brn.momentum, brn.warmup_steps) == (4, 2.0, 5.0, 0.01, 5000)
+    assert build_norm(compose_cfg(["norm=separate", "norm.num_domains=3"]).norm)(8).num_domains == 3
+    assert build_norm(compose_cfg(["norm=layer"]).norm)(8).num_groups == 1  # statistics over (C, H, W)
+    assert set(NORMS) >= {"batch", "renorm", "frozen", "separate", "group", "instance", "layer", "none"}
+
+
+@pytest.mark.parametrize(
+    "overrides, key, hint",
+    [
+        (["norm.name=ghostbn"], "norm.name", "renorm"),
+        (["norm.nbs=24"], "norm.nbs", "nbs=24 does not divide train.batch_size=64"),
+        (["norm.nbs=16", "eval.batch_size=40"], "norm.nbs", "eval.batch_size=40"),
+        (["norm.nbs=128"], "norm.nbs", "Sync BN over 2 processes"),
+        (["norm.nbs=96"], "norm.nbs", "multiple"),
+        (["norm.ghost_layout=interleaved", "norm.nbs=16"], "norm.ghost_layout", "strided"),
+        (["norm.train_stats=ema"], "norm.train_stats", "running"),
+        (["norm.momentum=1.5"], "norm.momentum", "(0, 1]"),
+        (["norm=renorm", "norm.nbs=128"], "norm.nbs", "no Sync"),
+        (["norm=renorm", "norm.r_max=0.5"], "norm.r_max", ">= 1"),
+        (["norm=renorm", "norm.warmup_steps=-1"], "norm.warmup_steps", ">= 0"),
+        (["norm=separate", "norm.num_domains=0"], "norm.num_domains", "positive"),
+        (["eval.precise_samples=0"], "eval.precise_samples", "positive"),
+        (["norm.nbs=32", "eval.modes=[precise]", "eval.precise_samples=80"], "eval.precise_samples", "of 16"),
+        (["norm.nbs=32", "data.val_subset=200"], "norm.nbs", "last validation batch of 8"),
+    ],
+)
+def test_bad_norm_config_fails_before_training_naming_the_key(tiny_cfg, tmp_path, overrides, key, hint):
+    with pytest.raises(ConfigError) as err:
+        run(tiny_cfg(*overrides))
+    assert f"'{key}'" in str(err.value) and hint in str(err.value), str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def _finite_metrics(summary, modes):
+    final = summary["final"]
+    for mode in modes:
+        for k in ("loss", "err"):
+            assert math.isfinite(final[f"val_{k}_{mode}"]), (mode, k)
+    assert math.isfinite(final["train_loss"])
+
+
+def test_training_entry_with_ghost_bn(tiny_cfg):
+    summary = run(tiny_cfg("norm=ghost", "train.epochs=1"))
+    assert summary["status"] == "completed"
+    _finite_metrics(summary, ["running", "batch"])
+
+
+def test_training_entry_with_batch_renorm_micro_batches(tiny_cfg):
+    summary = run(tiny_cfg("norm=renorm", "norm.nbs=16", "norm.warmup_steps=2", "norm.r_max_full_at=6",
+                           "norm.d_max_full_at=4", "train.epochs=1"))  # fmt: skip
+    assert summary["status"] == "completed"
+    _finite_metrics(summary, ["running", "batch"])
+
+
+def test_training_entry_with_precise_and_adaptive_evaluation(tiny_cfg):
+    summary = run(tiny_cfg("eval.modes=[running,precise,adaptive]", "eval.precise_samples=256", "train.epochs=1"))
+    assert summary["status"] == "completed"
+    _finite_metrics(summary, ["running", "precise", "adaptive"])
+    final = summary["final"]
+    assert final["val_loss_precise"] != final["val_loss_running"]  # other statistics, other loss
