@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from bnlab.config_errors import ConfigError
 
-LOSSES = ("cross_entropy",)
+LOSSES = ("cross_entropy", "bce_soft_f1")
+
+
+def soft_f1(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Macro soft F1 over classes: TP, FP, FN summed over the batch with probabilities in place of 0/1 decisions."""
+    tp = (probs * targets).sum(0)
+    fp = (probs * (1 - targets)).sum(0)
+    fn = ((1 - probs) * targets).sum(0)
+    return (2 * tp / (2 * tp + fp + fn + eps)).mean()
+
+
+def bce_soft_f1(logits: torch.Tensor, labels: torch.Tensor, f1_weight: float = 1.0) -> torch.Tensor:
+    """The forum thread's multi-label objective on one-hot targets: BCE - soft F1 (so it goes negative, as there)."""
+    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets) - f1_weight * soft_f1(torch.sigmoid(logits), targets)
 
 
 def build_loss(cfg, num_classes: int):
@@ -14,4 +29,7 @@ def build_loss(cfg, num_classes: int):
     if name == "cross_entropy":
         smoothing = float(cfg.get("label_smoothing", 0.0))
         return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
+    if name == "bce_soft_f1":
+        weight = float(cfg.get("f1_weight", 1.0))
+        return lambda logits, y: bce_soft_f1(logits, y, weight)
     raise ConfigError("loss.name", f"unknown loss {name!r}", allowed=LOSSES)
