@@ -23,7 +23,7 @@ def _one_of(value, key: str, allowed) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    from bnlab.data import DATASETS
+    from bnlab.data import DATASETS, validate_data_config
     from bnlab.data.samplers import SAMPLERS
     from bnlab.models import MODELS
     from bnlab.norm import NORMS, validate_norm
@@ -59,3 +59,4 @@ def validate(cfg: DictConfig) -> None:
     if not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ConfigError("device", f"got {device!r}", allowed=("auto", "cpu", "cuda", "cuda:N"))
     validate_norm(cfg)  # norm.nbs against the batch sizes, BRN schedule, precise-BN samples
+    validate_data_config(cfg)  # data keys, imbalance, sampler k x m vs batch sizes, eval sampler

@@ -1,39 +1,59 @@
-"""`build_data(cfg, device)`: dataset -> split -> normalization constants -> samplers -> loaders."""
+"""`build_data(cfg, device)`: dataset -> split -> imbalance -> normalization constants -> samplers -> loaders.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) live on the device as uint8 and go through DeviceLoader;
+Imagenette is decoded by DataLoader workers (WorkerLoader). Both take the same batch samplers and give the
+training loop the same interface.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import Subset
 
 from bnlab.config_errors import ConfigError
 from bnlab.data.augment import BatchAugment
+from bnlab.data.cifar import load_cifar
 from bnlab.data.device_loader import DeviceLoader
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.fashion_mnist import load_fashion_mnist
-from bnlab.data.samplers import SequentialBatchSampler, build_batch_sampler
+from bnlab.data.imbalance import imbalance_indices
+from bnlab.data.samplers import build_batch_sampler, build_eval_sampler, validate_sampler_config
+from bnlab.data.synthetic import make_synthetic
+from bnlab.data.worker_loader import WorkerLoader
 
-# name -> loader(cfg) returning (train_x uint8 NCHW, train_y, test_x, test_y, num_classes)
-DATASETS = {
+# in-memory datasets: name -> loader(data cfg) returning (train_x uint8 NCHW, train_y, test_x, test_y, num_classes)
+IN_MEMORY = {
     "fashion_mnist": lambda cfg: load_fashion_mnist(cfg.get("root"), cfg.get("download", False)),
+    "cifar10": lambda cfg: load_cifar(
+        10, cfg.get("root"), cfg.get("download", False), cfg.get("verify_checksums", True)
+    ),
+    "cifar100": lambda cfg: load_cifar(
+        100, cfg.get("root"), cfg.get("download", False), cfg.get("verify_checksums", True)
+    ),
+    "synthetic": lambda cfg: make_synthetic(
+        int(cfg.get("n_train", 2048)),
+        int(cfg.get("n_test", 512)),
+        int(cfg.get("num_classes", 10)),
+        int(cfg.get("channels", 3)),
+        int(cfg.get("image_size", 16)),
+        float(cfg.get("noise", 1.0)),
+        int(cfg.get("seed", 0)),
+    ),
 }
+STREAMED = ("imagenette",)  # decoded from files by DataLoader workers
+DATASETS = (*IN_MEMORY, *STREAMED)
 
 
 @dataclass
 class DataBundle:
-    train: DeviceLoader
-    val: DeviceLoader
+    train: DeviceLoader | WorkerLoader
+    val: DeviceLoader | WorkerLoader
     num_classes: int
     in_channels: int
     image_size: int
     info: dict = field(default_factory=dict)  # sizes and normalization constants, recorded in summary.json
-
-
-def _subset(x, y, n, seed):
-    if n is None or n >= len(y):
-        return x, y
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx], y[idx]
 
 
 def channel_stats(images_uint8: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -42,42 +62,133 @@ def channel_stats(images_uint8: torch.Tensor) -> tuple[list[float], list[float]]
     return x.mean(1).tolist(), x.std(1).tolist()
 
 
-def build_data(cfg, device="cpu") -> DataBundle:
-    dcfg = cfg.data
-    name = dcfg.get("name")
-    if name not in DATASETS:
-        raise ConfigError("data.name", f"unknown dataset {name!r}", allowed=sorted(DATASETS))
-    train_x, train_y, test_x, test_y, num_classes = DATASETS[name](dcfg)
+def _subset(idx: torch.Tensor, n, seed: int) -> torch.Tensor:
+    if n is None or n >= len(idx):
+        return idx
+    return idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n]]
 
-    split_seed = int(dcfg.get("split_seed", 0))  # fixed across runs: every arm sees the same split
+
+def split_indices(train_y, test_y, dcfg, num_classes: int):
+    """(train indices into the official training set, val indices, val_from_train): every run and arm with the
+    same data config gets the same split, whatever its seed."""
+    split_seed = int(dcfg.get("split_seed", 0))
+    train_idx = torch.arange(len(train_y))
+    val_idx, val_from_train = torch.arange(len(test_y)), False
     if dcfg.get("val_source", "test") == "holdout":
         n_val = int(dcfg.get("holdout", 5000))
+        if not 0 < n_val < len(train_y):
+            raise ConfigError("data.holdout", f"must be in [1, {len(train_y)}) for this dataset, got {n_val}")
         perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(split_seed))
-        val_x, val_y = train_x[perm[:n_val]], train_y[perm[:n_val]]
-        train_x, train_y = train_x[perm[n_val:]], train_y[perm[n_val:]]
-    else:
-        val_x, val_y = test_x, test_y
-    train_x, train_y = _subset(train_x, train_y, dcfg.get("train_subset"), split_seed + 1)
-    val_x, val_y = _subset(val_x, val_y, dcfg.get("val_subset"), split_seed + 2)
+        val_idx, train_idx, val_from_train = perm[:n_val], perm[n_val:], True
+    train_idx = _subset(train_idx, dcfg.get("train_subset"), split_seed + 1)
+    val_idx = _subset(val_idx, dcfg.get("val_subset"), split_seed + 2)
+    if dcfg.get("imbalance"):
+        train_idx = train_idx[imbalance_indices(train_y[train_idx], dcfg.imbalance, num_classes, split_seed + 3)]
+    return train_idx, val_idx, val_from_train
 
-    mean, std = channel_stats(train_x)
-    augment = BatchAugment(int(dcfg.get("crop_padding", 0)), bool(dcfg.get("flip", False)))
+
+def _samplers(cfg, train_y, val_y):
     tcfg = cfg.train
     train_sampler = build_batch_sampler(
         cfg.sampler, train_y, int(tcfg.batch_size), int(cfg.seed), tcfg.get("batches_per_epoch")
     )
     eval_bs = int(cfg.eval.get("batch_size") or tcfg.batch_size)
+    # eval batches are fixed by the data split, not the run seed: every arm is validated on the same batches
+    val_sampler = build_eval_sampler(cfg.eval.get("sampler"), val_y, eval_bs, int(cfg.data.get("split_seed", 0)))
+    return train_sampler, val_sampler
+
+
+def _info(name, train_y, val_y, num_classes, mean, std, **extra) -> dict:
+    counts = torch.bincount(train_y, minlength=num_classes).tolist()
+    sizes = {"n_train": len(train_y), "n_val": len(val_y), "num_classes": num_classes, "train_class_counts": counts}
+    return {"dataset": name, **sizes, "norm_mean": mean, "norm_std": std, **extra}
+
+
+def _build_in_memory(cfg, device) -> DataBundle:
+    dcfg = cfg.data
+    train_x, train_y, test_x, test_y, num_classes = IN_MEMORY[dcfg.name](dcfg)
+    size = dcfg.get("image_size")
+    if size is not None and size != train_x.shape[-1]:
+        raise ConfigError("data.image_size", f"{dcfg.name} images are {train_x.shape[-1]} px, got {size}")
+    train_idx, val_idx, val_from_train = split_indices(train_y, test_y, dcfg, num_classes)
+    val_x, val_y = (train_x, train_y) if val_from_train else (test_x, test_y)
+    val_x, val_y = val_x[val_idx], val_y[val_idx]
+    train_x, train_y = train_x[train_idx], train_y[train_idx]
+
+    mean, std = channel_stats(train_x)
+    augment = BatchAugment(int(dcfg.get("crop_padding", 0)), bool(dcfg.get("flip", False)))
+    train_sampler, val_sampler = _samplers(cfg, train_y, val_y)
     train = DeviceLoader(train_x, train_y, train_sampler, mean, std, augment, seed=int(cfg.seed), device=device)
-    val = DeviceLoader(val_x, val_y, SequentialBatchSampler(len(val_y), eval_bs), mean, std, device=device)
-    info = {
-        "dataset": name,
-        "n_train": len(train_y),
-        "n_val": len(val_y),
-        "num_classes": num_classes,
-        "norm_mean": mean,
-        "norm_std": std,
-    }
+    val = DeviceLoader(val_x, val_y, val_sampler, mean, std, device=device)
+    info = _info(dcfg.name, train_y, val_y, num_classes, mean, std)
     return DataBundle(train, val, num_classes, train_x.shape[1], train_x.shape[-1], info)
 
 
-__all__ = ["DATASETS", "DataBundle", "DatasetNotFoundError", "build_data", "channel_stats"]
+def _build_imagenette(cfg, device) -> DataBundle:
+    from bnlab.data import imagenette as inet
+
+    dcfg = cfg.data
+    size, workers = int(dcfg.get("image_size", 128)), int(dcfg.get("num_workers", 0))
+    rrc, flip = bool(dcfg.get("random_resized_crop", True)), bool(dcfg.get("flip", True))
+    train_aug = inet.open_imagenette(dcfg, "train", inet.transforms(size, True, rrc, flip))
+    train_plain = inet.open_imagenette(dcfg, "train", inet.transforms(size, False))
+    test_plain = inet.open_imagenette(dcfg, "val", inet.transforms(size, False))
+    train_y, test_y = inet.labels_of(train_plain), inet.labels_of(test_plain)
+    num_classes = len(train_plain.wnids)
+    train_idx, val_idx, val_from_train = split_indices(train_y, test_y, dcfg, num_classes)
+    val_set, val_y = (train_plain, train_y) if val_from_train else (test_plain, test_y)
+    val_y, train_y = val_y[val_idx], train_y[train_idx]
+
+    n_stats = int(dcfg.get("stats_images", 1000))
+    mean, std = inet.channel_stats_of(train_plain, train_idx, n_stats, int(dcfg.get("split_seed", 0)), workers)
+    train_sampler, val_sampler = _samplers(cfg, train_y, val_y)
+    train_ds, val_ds = Subset(train_aug, train_idx.tolist()), Subset(val_set, val_idx.tolist())
+    train = WorkerLoader(train_ds, train_sampler, mean, std, seed=int(cfg.seed), device=device, num_workers=workers)
+    val = WorkerLoader(val_ds, val_sampler, mean, std, device=device, num_workers=workers)
+    info = _info("imagenette", train_y, val_y, num_classes, mean, std, norm_stats_images=min(n_stats, len(train_idx)))
+    return DataBundle(train, val, num_classes, 3, size, info)
+
+
+def validate_data_config(cfg) -> None:
+    """Data and sampler checks that need no files (called from bnlab.config.validate); the rest fail on load."""
+    dcfg = cfg.data
+    for key in ("image_size", "holdout", "stats_images", "n_train", "n_test", "num_classes", "channels"):
+        v = dcfg.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"data.{key}", f"must be a positive integer, got {v!r}")
+    workers = dcfg.get("num_workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError("data.num_workers", f"must be a non-negative integer, got {workers!r}")
+    imbalance = dcfg.get("imbalance")
+    if imbalance is not None:
+        if not hasattr(imbalance, "get") or set(imbalance) - {"classes", "keep_fraction"}:
+            raise ConfigError(
+                "data.imbalance", f"expected {{classes: [..], keep_fraction: f}} or null, got {imbalance}"
+            )
+        fraction = imbalance.get("keep_fraction")
+        if not isinstance(fraction, int | float) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise ConfigError("data.imbalance.keep_fraction", f"must be in (0, 1], got {fraction!r}")
+        classes = imbalance.get("classes")
+        if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+            raise ConfigError("data.imbalance.classes", f"need a non-empty list of labels, got {classes!r}")
+    validate_sampler_config(cfg)
+
+
+def build_data(cfg, device="cpu") -> DataBundle:
+    name = cfg.data.get("name")
+    if name in IN_MEMORY:
+        return _build_in_memory(cfg, device)
+    if name == "imagenette":
+        return _build_imagenette(cfg, device)
+    raise ConfigError("data.name", f"unknown dataset {name!r}", allowed=sorted(DATASETS))
+
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DatasetNotFoundError",
+    "build_data",
+    "channel_stats",
+    "split_indices",
+    "validate_data_config",
+]
