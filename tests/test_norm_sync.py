@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,12 +10,6 @@ from torch import nn
 from bnlab.norm import BatchNorm2d
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check(rank: int, sizes: tuple[int, int], steps: int, make_layer) -> None:
@@ -48,18 +40,20 @@ def _check(rank: int, sizes: tuple[int, int], steps: int, make_layer) -> None:
         torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
 
 
-def _worker(rank: int, port: int) -> None:
+def _worker(rank: int, store: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a file store, not TCP: no store-server thread in rank 0 that the other rank could outlive at teardown
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         # equal halves: the group is derived from nbs (8) and the per-device batch (4)
         _check(rank, (4, 4), 3, lambda: BatchNorm2d(3, momentum=0.2, nbs=8))
         # unequal halves: sums are weighted by each rank's count; group given explicitly
         _check(rank, (5, 2), 3, lambda: BatchNorm2d(3, momentum=0.2, process_group=dist.group.WORLD))
+        dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes mid-connection)
     finally:
         dist.destroy_process_group()
 
 
-def test_sync_bn_two_processes_equals_whole_batch_bn():
+def test_sync_bn_two_processes_equals_whole_batch_bn(tmp_path):
     # spawn, not fork: a forked child of a process whose OpenMP pool already ran can hang
-    mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
