@@ -9,6 +9,7 @@ import traceback
 
 import numpy as np
 import torch
+from omegaconf import ListConfig
 from tqdm.auto import tqdm
 
 from bnlab.config import validate
@@ -34,6 +35,20 @@ def format_row(row: dict) -> str:
     """Core metrics on one console line; namespaced diagnostics (health/...) go to the CSV, with one flag here."""
     text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if "/" not in k)
     return text + ("  BN-HEALTH: EMA corruption" if row.get("health/ema_corruption") else "")
+
+
+def eval_variants(eval_cfg) -> list[tuple[str, str, int]]:
+    """(mode, metric suffix, population samples) per evaluation. A list in eval.precise_samples evaluates
+    precise/adaptive once per size, named e.g. val_err_precise_512 (how many samples Precise BN needs)."""
+    samples = eval_cfg.get("precise_samples", 8192)
+    sizes = [int(n) for n in samples] if isinstance(samples, list | ListConfig) else [int(samples)]
+    out = []
+    for m in eval_cfg.modes:
+        if m in ("precise", "adaptive") and len(sizes) > 1:
+            out += [(m, f"{m}_{n}", n) for n in sizes]
+        else:
+            out.append((m, m, sizes[-1]))
+    return out
 
 
 def resolve_device(name: str) -> str:
@@ -147,13 +162,13 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                     schedule,
                     epoch,
                     bool(cfg.train.get("progress", True)),
+                    step_hook=step_hook,
                 )
             )
             step += len(data.train)
-            for eval_mode in cfg.eval.modes:
-                precise = int(cfg.eval.get("precise_samples", 8192))
-                for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, precise).items():
-                    row[f"val_{k}_{eval_mode}"] = v
+            for eval_mode, suffix, samples in eval_variants(cfg.eval):
+                for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
+                    row[f"val_{k}_{suffix}"] = v
             if monitor is not None:
                 row.update(monitor.check(model, data.val, row, epoch=epoch + 1))
             schedule.step_epoch(row)
