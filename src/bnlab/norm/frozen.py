@@ -8,6 +8,7 @@ networks whose normalization is fixed, e.g. at its value at initialization (Myrt
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -49,10 +50,8 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+        # eval-mode batch norm is exactly this affine, as one fused kernel (and its backward, for the affine too)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, trainable_affine={self.trainable_affine}"

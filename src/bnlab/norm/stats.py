@@ -43,7 +43,7 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
     if bias is not None:
         shift = shift + bias
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)
+    return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(x.dtype)  # one pass over x
 
 
 @torch.no_grad()
