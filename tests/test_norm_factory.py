@@ -64,6 +64,7 @@ def test_config_values_reach_the_layers():
         (["norm=renorm", "norm.warmup_steps=-1"], "norm.warmup_steps", ">= 0"),
         (["norm=separate", "norm.num_domains=0"], "norm.num_domains", "positive"),
         (["eval.precise_samples=0"], "eval.precise_samples", "positive"),
+        (["eval.precise_samples=[512,0]"], "eval.precise_samples", "positive"),
         (["norm.nbs=32", "eval.modes=[precise]", "eval.precise_samples=80"], "eval.precise_samples", "of 16"),
         (["norm.nbs=32", "data.val_subset=200"], "norm.nbs", "last validation batch of 8"),
     ],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+
+from omegaconf import ListConfig
 
 from bnlab.config_errors import ConfigError
 from bnlab.norm.batchnorm import GHOST_LAYOUTS, TRAIN_STATS
@@ -64,17 +67,26 @@ def _check_nbs(cfg, name: str) -> None:
         raise ConfigError("norm.ghost_layout", f"got {layout!r}", allowed=GHOST_LAYOUTS)
 
 
+def _precise_sizes(cfg) -> list[int]:
+    """eval.precise_samples: one positive integer, or a list of them (each evaluated, see train.loop)."""
+    samples = cfg.eval.get("precise_samples", 8192)
+    sizes = list(samples) if isinstance(samples, Sequence | ListConfig) and not isinstance(samples, str) else [samples]
+    if not sizes or not all(_is_int(n) and n > 0 for n in sizes):
+        raise ConfigError("eval.precise_samples", f"must be a positive integer or a list of them, got {samples!r}")
+    return sizes
+
+
 def _check_partial_batches(cfg, nbs: int, train_bs: int, eval_bs: int) -> None:
     """A short last batch is cut into Ghost groups too: it must be a multiple of nbs (when its size is known)."""
     modes = cfg.eval.get("modes", [])
-    samples = cfg.eval.get("precise_samples", 8192)
-    tail = samples % train_bs if _is_int(samples) else 0
-    if "precise" in modes and nbs < train_bs and tail % nbs:
-        raise ConfigError(
-            "eval.precise_samples",
-            f"{samples} leaves a last training batch of {tail} (train.batch_size={train_bs}) that nbs={nbs} "
-            f"does not divide; use a multiple of {nbs}",
-        )
+    for samples in _precise_sizes(cfg):
+        tail = samples % train_bs
+        if "precise" in modes and nbs < train_bs and tail % nbs:
+            raise ConfigError(
+                "eval.precise_samples",
+                f"{samples} leaves a last training batch of {tail} (train.batch_size={train_bs}) that nbs={nbs} "
+                f"does not divide; use a multiple of {nbs}",
+            )
     val_subset = cfg.data.get("val_subset")
     sequential = (cfg.eval.get("sampler") or {}).get("name", "sequential") == "sequential"
     tail = val_subset % eval_bs if _is_int(val_subset) else 0
@@ -114,6 +126,4 @@ def validate_norm(cfg) -> None:
         raise ConfigError("norm.num_domains", f"must be a positive integer, got {norm.get('num_domains')!r}")
     if name == "group" and (not _is_int(norm.get("groups", 32)) or norm.get("groups", 32) < 1):
         raise ConfigError("norm.groups", f"must be a positive integer, got {norm.get('groups')!r}")
-    samples = cfg.eval.get("precise_samples", 8192)
-    if not _is_int(samples) or samples <= 0:
-        raise ConfigError("eval.precise_samples", f"must be a positive integer, got {samples!r}")
+    _precise_sizes(cfg)
