@@ -67,6 +67,7 @@ def test_config_values_reach_the_layers():
         (["eval.precise_samples=[512,0]"], "eval.precise_samples", "positive"),
         (["norm.nbs=32", "eval.modes=[precise]", "eval.precise_samples=80"], "eval.precise_samples", "of 16"),
         (["norm.nbs=32", "data.val_subset=200"], "norm.nbs", "last validation batch of 8"),
+        (["norm.nbs=64", "data.val_subset=200"], "norm.nbs", "last validation batch of 8"),
     ],
 )
 def test_bad_norm_config_fails_before_training_naming_the_key(tiny_cfg, tmp_path, overrides, key, hint):

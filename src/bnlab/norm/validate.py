@@ -77,11 +77,12 @@ def _precise_sizes(cfg) -> list[int]:
 
 
 def _check_partial_batches(cfg, nbs: int, train_bs: int, eval_bs: int) -> None:
-    """A short last batch is cut into Ghost groups too: it must be a multiple of nbs (when its size is known)."""
+    """A short last batch is cut into Ghost groups too (or, below nbs, would need Sync BN): it must be a multiple
+    of nbs. Checked where its size follows from the config: precise_samples, data.val_subset."""
     modes = cfg.eval.get("modes", [])
     for samples in _precise_sizes(cfg):
         tail = samples % train_bs
-        if "precise" in modes and nbs < train_bs and tail % nbs:
+        if "precise" in modes and nbs <= train_bs and tail % nbs:
             raise ConfigError(
                 "eval.precise_samples",
                 f"{samples} leaves a last training batch of {tail} (train.batch_size={train_bs}) that nbs={nbs} "
@@ -90,7 +91,7 @@ def _check_partial_batches(cfg, nbs: int, train_bs: int, eval_bs: int) -> None:
     val_subset = cfg.data.get("val_subset")
     sequential = (cfg.eval.get("sampler") or {}).get("name", "sequential") == "sequential"
     tail = val_subset % eval_bs if _is_int(val_subset) else 0
-    if sequential and any(m in BATCH_EVAL_MODES for m in modes) and nbs < eval_bs and tail % nbs:
+    if sequential and any(m in BATCH_EVAL_MODES for m in modes) and nbs <= eval_bs and tail % nbs:
         raise ConfigError(
             "norm.nbs",
             f"nbs={nbs} does not divide the last validation batch of {tail} (data.val_subset={val_subset} "
