@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     h = sub.add_parser("health", help="BN health report of a run's saved checkpoint on its (or given) data")
     h.add_argument("run_dir", help="a run directory (holding config.yaml and checkpoint.pt)")
     h.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.val_subset=5000")
-    h.add_argument("--batches", type=int, default=8, help="validation batches to measure batch statistics on")
+    h.add_argument("--batches", type=int, default=8, help="training batches to measure batch statistics on")
     h.set_defaults(fn=cmd_health)
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))

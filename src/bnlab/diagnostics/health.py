@@ -37,7 +37,7 @@ def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @dataclass
 class HealthConfig:
     enabled: bool = True
-    batches: int = 2  # validation batches per check (cheap: a couple of forward passes)
+    batches: int = 2  # training batches per check (cheap: a couple of forward passes)
     every_n_steps: int = 0  # also log running_var extremes every N training steps (0 = only at evaluation)
     tiny_var: float = 1e-30
     gap_threshold: float = 0.25  # eval-mode minus train-mode validation loss, nats

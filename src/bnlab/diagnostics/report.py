@@ -31,8 +31,8 @@ def health_report(run_dir: Path, overrides: list[str] = (), batches: int = 8) ->
     monitor = BNHealthMonitor(
         HealthConfig(**{**{k: v for k, v in (cfg.get("health") or {}).items() if k in known}, "batches": batches})
     )
-    stats = monitor.layer_stats(model, data.val)
-    row = monitor.check(model, data.val, metrics)
+    stats = monitor.layer_stats(model, data.train)  # batch statistics of training batches: what the EMA tracks
+    row = monitor.check(model, data.train, metrics)
     lines = [
         f"run {run_dir}",
         "val loss/err with running stats: {val_loss_running:.4f} / {val_err_running:.4f}; "

@@ -170,7 +170,9 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
                     row[f"val_{k}_{suffix}"] = v
             if monitor is not None:
-                row.update(monitor.check(model, data.val, row, epoch=epoch + 1))
+                row.update(
+                    monitor.check(model, data.train, row, epoch=epoch + 1)
+                )  # training batches: what the EMA tracks
             schedule.step_epoch(row)
             row.update(step=step, epoch_time=time.time() - t_epoch)
             history.append(row)
