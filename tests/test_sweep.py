@@ -146,3 +146,15 @@ def test_figures_build_from_fixture_and_change_with_data(tmp_path):
     table = pd.read_csv(out_a / "table.csv")
     assert list(table["norm.name"]) == ["batch", "group"] and (table["n"] == 3).all()
     assert table.loc[0, "val_err_running"] == "11.0 ± 1.0"
+
+
+def test_run_being_trained_elsewhere_is_skipped_not_duplicated(tiny_cfg):
+    from bnlab.train.run_dir import RunDir
+
+    cfg = tiny_cfg("train.epochs=1", "study=locked")
+    rd = RunDir.for_config(cfg)
+    with rd.locked() as owned:  # another sweep holds this run
+        assert owned
+        assert run(cfg)["status"] == "running elsewhere"
+        assert not rd.summary_path.exists() and not rd.metrics.exists()
+    assert run(cfg)["status"] == "completed"  # released (as on SIGKILL: the kernel drops the flock)

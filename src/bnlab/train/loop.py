@@ -115,104 +115,109 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     epochs = int(cfg.train.epochs)
     schedule = Schedule(cfg.schedule, optimizer, len(data.train), epochs)
     loss_fn = build_loss(cfg.loss, data.num_classes)
-    rd.root.mkdir(parents=True, exist_ok=True)  # only now: bad config or data never leaves a run directory
-    rd.write_config(cfg)
+    with rd.locked() as owned:  # only now: bad config or data never leaves a run directory
+        if not owned:
+            print(f"[bnlab] {rd.root}: being trained by another process, skipping")
+            return {"run_id": rid, "run_dir": str(rd.root), "status": "running elsewhere"}
+        if rd.status() == "completed":  # finished by another process while this one was building
+            return rd.summary()
+        rd.write_config(cfg)
 
-    monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
-    start_epoch, step, history, wall_before = 0, 0, [], 0.0
-    if cfg.train.get("resume", True) and rd.checkpoint.exists():
-        state = load_checkpoint(rd.checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        wall_before = state.get("wall_time", 0.0)
-        if monitor is not None:
-            monitor.events = state.get("health_events", [])
-        print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
-
-    logger = WandbLogger(cfg, rd.root, rid, tags)
-    summary = {
-        "run_id": rid,
-        "study": str(cfg.study),
-        "seed": int(cfg.seed),
-        "run_dir": str(rd.root),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "data": data.info,
-        **environment(device),
-    }
-    status, t0 = "running", time.time()
-    step_hook = None
-    if monitor is not None and monitor.cfg.every_n_steps:
-
-        def step_hook(i: int) -> None:  # running_var extremes between evaluations (no forward pass)
-            if (i + 1) % monitor.cfg.every_n_steps == 0:
-                logger.log(monitor.running_var_extremes(model), step=step + i + 1)
-
-    try:
-        for epoch in range(start_epoch, epochs):
-            t_epoch = time.time()
-            row = {"epoch": epoch + 1, "lr": schedule.lr()}
-            row.update(
-                train_one_epoch(
-                    model,
-                    data.train,
-                    loss_fn,
-                    optimizer,
-                    schedule,
-                    epoch,
-                    bool(cfg.train.get("progress", True)),
-                    step_hook=step_hook,
-                )
-            )
-            step += len(data.train)
-            for eval_mode, suffix, samples in eval_variants(cfg.eval):
-                for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
-                    row[f"val_{k}_{suffix}"] = v
+        monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
+        start_epoch, step, history, wall_before = 0, 0, [], 0.0
+        if cfg.train.get("resume", True) and rd.checkpoint.exists():
+            state = load_checkpoint(rd.checkpoint)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            start_epoch, step, history = state["epoch"], state["step"], state["history"]
+            wall_before = state.get("wall_time", 0.0)
             if monitor is not None:
+                monitor.events = state.get("health_events", [])
+            print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
+
+        logger = WandbLogger(cfg, rd.root, rid, tags)
+        summary = {
+            "run_id": rid,
+            "study": str(cfg.study),
+            "seed": int(cfg.seed),
+            "run_dir": str(rd.root),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "data": data.info,
+            **environment(device),
+        }
+        status, t0 = "running", time.time()
+        step_hook = None
+        if monitor is not None and monitor.cfg.every_n_steps:
+
+            def step_hook(i: int) -> None:  # running_var extremes between evaluations (no forward pass)
+                if (i + 1) % monitor.cfg.every_n_steps == 0:
+                    logger.log(monitor.running_var_extremes(model), step=step + i + 1)
+
+        try:
+            for epoch in range(start_epoch, epochs):
+                t_epoch = time.time()
+                row = {"epoch": epoch + 1, "lr": schedule.lr()}
                 row.update(
-                    monitor.check(model, data.train, row, epoch=epoch + 1)
-                )  # training batches: what the EMA tracks
-            schedule.step_epoch(row)
-            row.update(step=step, epoch_time=time.time() - t_epoch)
-            history.append(row)
-            rd.write_metrics(history)
-            logger.log(row, step=step)
-            print("[bnlab] " + format_row(row))
-            save_checkpoint(
-                rd.checkpoint,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                epoch=epoch + 1,
-                step=step,
-                history=history,
-                wall_time=wall_before + time.time() - t0,
-                health_events=monitor.events if monitor else [],
-            )
-        status = "completed"
-    except Diverged as e:
-        status, summary["reason"] = "diverged", str(e)
-    except Exception as e:
-        status, summary["reason"] = "failed", f"{type(e).__name__}: {e}"
-        atomic_write_text(rd.error, traceback.format_exc())
-        if raise_on_failure:
-            raise
-    finally:
-        if status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
-            logger.finish(failed=True)
-        else:
-            summary.update(
-                status=status,
-                epochs_completed=len(history),
-                step=step,
-                wall_time=wall_before + time.time() - t0,
-                final=history[-1] if history else {},
-            )
-            if monitor is not None:
-                summary.update(events=monitor.events, health=monitor.describe())
-                print(f"[bnlab] {summary['health']}")
-            rd.write_summary(summary)
-            logger.summary({"status": status, **summary["final"]})
-            logger.finish(failed=status != "completed")
-    return summary
+                    train_one_epoch(
+                        model,
+                        data.train,
+                        loss_fn,
+                        optimizer,
+                        schedule,
+                        epoch,
+                        bool(cfg.train.get("progress", True)),
+                        step_hook=step_hook,
+                    )
+                )
+                step += len(data.train)
+                for eval_mode, suffix, samples in eval_variants(cfg.eval):
+                    for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
+                        row[f"val_{k}_{suffix}"] = v
+                if monitor is not None:
+                    row.update(
+                        monitor.check(model, data.train, row, epoch=epoch + 1)
+                    )  # training batches: what the EMA tracks
+                schedule.step_epoch(row)
+                row.update(step=step, epoch_time=time.time() - t_epoch)
+                history.append(row)
+                rd.write_metrics(history)
+                logger.log(row, step=step)
+                print("[bnlab] " + format_row(row))
+                save_checkpoint(
+                    rd.checkpoint,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    schedule=schedule.state_dict(),
+                    epoch=epoch + 1,
+                    step=step,
+                    history=history,
+                    wall_time=wall_before + time.time() - t0,
+                    health_events=monitor.events if monitor else [],
+                )
+            status = "completed"
+        except Diverged as e:
+            status, summary["reason"] = "diverged", str(e)
+        except Exception as e:
+            status, summary["reason"] = "failed", f"{type(e).__name__}: {e}"
+            atomic_write_text(rd.error, traceback.format_exc())
+            if raise_on_failure:
+                raise
+        finally:
+            if status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
+                logger.finish(failed=True)
+            else:
+                summary.update(
+                    status=status,
+                    epochs_completed=len(history),
+                    step=step,
+                    wall_time=wall_before + time.time() - t0,
+                    final=history[-1] if history else {},
+                )
+                if monitor is not None:
+                    summary.update(events=monitor.events, health=monitor.describe())
+                    print(f"[bnlab] {summary['health']}")
+                rd.write_summary(summary)
+                logger.summary({"status": status, **summary["final"]})
+                logger.finish(failed=status != "completed")
+        return summary

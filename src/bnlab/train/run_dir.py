@@ -6,8 +6,11 @@ interrupted ones (resumes them from their checkpoint) and failed ones (reruns th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -50,6 +53,27 @@ class RunDir:
     summary_path = property(lambda self: self.root / "summary.json")
     checkpoint = property(lambda self: self.root / "checkpoint.pt")
     error = property(lambda self: self.root / "error.txt")
+
+    @contextmanager
+    def locked(self):
+        """Yield True while holding an exclusive lock on <run_dir>/.lock, False if another live process holds it.
+
+        flock is released by the kernel when its holder dies (SIGKILL included), so a killed run never leaves a
+        stale lock, and two sweeps of the same study never train the same run twice.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield True
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def summary(self) -> dict | None:
         return read_json(self.summary_path)
