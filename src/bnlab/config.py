@@ -50,6 +50,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("optim.weight_decay", f"must be >= 0, got {cfg.optim.weight_decay!r}")
     _positive_int(cfg, "train.batch_size")
     _positive_int(cfg, "train.epochs")
+    _positive_int(cfg, "train.processes", allow_none=True)
+    processes = int(cfg.train.get("processes") or 1)
+    if cfg.train.batch_size % processes:
+        raise ConfigError(
+            "train.processes", f"{processes} processes do not split train.batch_size={cfg.train.batch_size}"
+        )
     _positive_int(cfg, "train.batches_per_epoch", allow_none=True)
     _positive_int(cfg, "eval.batch_size", allow_none=True)
     _positive_int(cfg, "data.train_subset", allow_none=True)

@@ -6,6 +6,7 @@ import math
 import random
 import time
 import traceback
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from bnlab.diagnostics import build_monitor
 from bnlab.models import build_model
 from bnlab.norm import build_norm
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
+from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
 from bnlab.train.evaluate import evaluate
 from bnlab.train.losses import build_loss
 from bnlab.train.optim import Schedule, build_optimizer
@@ -68,7 +70,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20, step_hook=None):
+def train_one_epoch(
+    model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20, step_hook=None, rank=SINGLE
+):
     model.train()
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=loader.device)
@@ -87,12 +91,13 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, epoch, progress
         n += len(y)
         if (i + 1) % check_every == 0 or i + 1 == len(loader):  # one host sync every few steps, not every step
             running = loss_sum.item() / n
-            if not math.isfinite(running):
+            if not all(math.isfinite(v.item()) for v in rank.sum(loss_sum)):  # every rank stops together
                 raise Diverged(f"training loss became {running} at epoch {epoch + 1}, batch {i + 1}")
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{schedule.lr():.2e}")
         if step_hook is not None:
             step_hook(i)
-    return {"train_loss": loss_sum.item() / n, "train_err": wrong.item() / n}
+    loss_sum, wrong, total = rank.sum(loss_sum, wrong, torch.tensor(float(n), device=loss_sum.device))
+    return {"train_loss": loss_sum.item() / total.item(), "train_err": wrong.item() / total.item()}
 
 
 def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> dict:
@@ -103,11 +108,12 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     validate(cfg)
     rd = RunDir.for_config(cfg)
     rid = run_id(cfg)
+    rank = current_rank()  # Rank(0, 1) unless this is one of the ranks spawned for train.processes > 1
     previous = rd.status()
     if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
         print(f"[bnlab] {rd.root}: already {previous}, skipping")
         return rd.summary()
-    device = resolve_device(str(cfg.device))
+    device = device_for(resolve_device(str(cfg.device)), rank)
     seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
     data = build_data(cfg, device)
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
@@ -115,13 +121,19 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     epochs = int(cfg.train.epochs)
     schedule = Schedule(cfg.schedule, optimizer, len(data.train), epochs)
     loss_fn = build_loss(cfg.loss, data.num_classes)
-    with rd.locked() as owned:  # only now: bad config or data never leaves a run directory
+    with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
         if not owned:
             print(f"[bnlab] {rd.root}: being trained by another process, skipping")
             return {"run_id": rid, "run_dir": str(rd.root), "status": "running elsewhere"}
         if rd.status() == "completed":  # finished by another process while this one was building
             return rd.summary()
-        rd.write_config(cfg)
+        processes = int(cfg.train.get("processes", 1))
+        if processes > 1 and rank.world == 1:  # this process only launches the ranks and waits for them
+            rd.write_config(cfg)
+            spawn_ranks(cfg, processes, rd.root, raise_on_failure, tags)
+            return rd.summary()
+        if rank.main:
+            rd.write_config(cfg)
 
         monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
         start_epoch, step, history, wall_before = 0, 0, [], 0.0
@@ -136,7 +148,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 monitor.events = state.get("health_events", [])
             print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
 
-        logger = WandbLogger(cfg, rd.root, rid, tags)
+        logger = WandbLogger(cfg, rd.root, rid, tags, enabled=rank.main)
+        net, train_batches = wrap_model(model, rank), shard(data.train, rank)  # identity in one process
         summary = {
             "run_id": rid,
             "study": str(cfg.study),
@@ -160,14 +173,15 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 row = {"epoch": epoch + 1, "lr": schedule.lr()}
                 row.update(
                     train_one_epoch(
-                        model,
-                        data.train,
+                        net,
+                        train_batches,
                         loss_fn,
                         optimizer,
                         schedule,
                         epoch,
                         bool(cfg.train.get("progress", True)),
                         step_hook=step_hook,
+                        rank=rank,
                     )
                 )
                 step += len(data.train)
@@ -181,6 +195,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 schedule.step_epoch(row)
                 row.update(step=step, epoch_time=time.time() - t_epoch)
                 history.append(row)
+                if not rank.main:
+                    continue
                 rd.write_metrics(history)
                 logger.log(row, step=step)
                 print("[bnlab] " + format_row(row))
@@ -200,13 +216,14 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
             status, summary["reason"] = "diverged", str(e)
         except Exception as e:
             status, summary["reason"] = "failed", f"{type(e).__name__}: {e}"
-            atomic_write_text(rd.error, traceback.format_exc())
+            if rank.main:
+                atomic_write_text(rd.error, traceback.format_exc())
             if raise_on_failure:
                 raise
         finally:
             if status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
                 logger.finish(failed=True)
-            else:
+            elif rank.main:
                 summary.update(
                     status=status,
                     epochs_completed=len(history),

@@ -15,11 +15,11 @@ MODES = ("online", "offline", "disabled")
 
 
 class WandbLogger:
-    def __init__(self, cfg, run_dir, run_id: str, tags: list[str] | None = None):
+    def __init__(self, cfg, run_dir, run_id: str, tags: list[str] | None = None, enabled: bool = True):
         lcfg = cfg.logger
         self.mode = os.environ.get("WANDB_MODE") or lcfg.get("mode", "offline")
         self.run = None
-        if self.mode == "disabled":
+        if self.mode == "disabled" or not enabled:  # not enabled: a non-zero rank of a multi-process run
             return
         import wandb
 
