@@ -31,9 +31,16 @@ LABELS = {
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     done = runs[runs["status"] == "completed"].copy()
     done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
+    processes = done["train.processes"].fillna(1).astype(int) if "train.processes" in done else 1
+    done["how"] = ["Ghost BN" if n < b else "BN" for n, b in zip(done["nbs"], done["train.batch_size"])]
+    done.loc[processes > 1, "how"] = [
+        f"Sync BN, {p} x {b // p}"
+        for p, b in zip(processes[processes > 1], done.loc[processes > 1, "train.batch_size"])
+    ]
     metrics = [m for m in METRICS if m in done]
-    agg = aggregate(done, ["nbs"], metrics)
-    table = mean_std_cells(agg, metrics)
+    single = done[processes == 1]
+    agg = aggregate(single, ["nbs"], metrics)
+    table = mean_std_cells(aggregate(done, ["nbs", "how"], metrics), metrics)
     table["source train / val err"] = [f"{SOURCE[n][0]} / {SOURCE[n][1]}" if n in SOURCE else "" for n in table["nbs"]]
     written = write_table(
         table,
@@ -46,6 +53,19 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax = axes[0][0]
     for m in metrics:
         errorbar_lines(ax, agg, "nbs", m, label_fmt=LABELS[m])
+    synced = aggregate(done[processes > 1], ["nbs"], metrics) if (processes > 1).any() else None
+    if synced is not None:  # the Sync BN arm: same NBS reached across processes, drawn as open markers
+        for m in metrics:
+            ax.errorbar(
+                synced["nbs"],
+                synced[f"{m}_mean"] * 100,
+                yerr=synced[f"{m}_std"] * 100,
+                fmt="D",
+                mfc="none",
+                color="k",
+                capsize=3,
+                label="Sync BN (2 processes)" if m == metrics[0] else None,
+            )
     ax.set_xscale("log", base=2)
     ax.set(xlabel="normalization batch size (NBS)", ylabel="error (%)", title="bnlab (this run)")
     ax.legend()
