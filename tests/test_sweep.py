@@ -158,3 +158,14 @@ def test_run_being_trained_elsewhere_is_skipped_not_duplicated(tiny_cfg):
         assert run(cfg)["status"] == "running elsewhere"
         assert not rd.summary_path.exists() and not rd.metrics.exists()
     assert run(cfg)["status"] == "completed"  # released (as on SIGKILL: the kernel drops the flock)
+
+
+def test_report_embeds_every_study_table_and_figure(tmp_path):
+    from bnlab.results.report import build_report
+
+    out = tmp_path / "results" / "toy" / "cpu"
+    default_analysis(*_fixture_results(tmp_path, 0.0), out)
+    page = build_report(tmp_path / "results", tmp_path / "report.html").read_text()
+    assert "toy/cpu" in page and "<table" in page and "11.0 ± 1.0" in page
+    assert page.count("data:image/png;base64,") == 1  # self-contained: the figure is inline, no file links
+    assert 'src="curves' not in page
