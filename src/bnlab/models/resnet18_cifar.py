@@ -13,28 +13,7 @@ from torch import nn
 from bnlab.models import register
 from bnlab.models.activations import build_activation
 from bnlab.models.init import init_weights
-
-
-class ProjectionBlock(nn.Module):
-    """Basic block (two 3x3 convs) whose shortcut is a 1x1 conv + norm whenever the shape changes."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, norm, activation: str):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = norm(out_ch)
-        self.act1 = build_activation(activation)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = norm(out_ch)  # the residual branch's last norm: `zero_init_residual` targets it
-        self.act2 = build_activation(activation)
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act2(out + self.shortcut(x))
+from bnlab.models.resnet_cifar import BasicBlock
 
 
 class ResNet18Cifar(nn.Module):
@@ -49,7 +28,8 @@ class ResNet18Cifar(nn.Module):
         blocks, in_ch = [], widths[0]
         for stage, out_ch in enumerate(widths):
             for i in range(2):
-                blocks.append(ProjectionBlock(in_ch, out_ch, 2 if stage > 0 and i == 0 else 1, norm, activation))
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(in_ch, out_ch, stride, norm, activation, shortcut="projection"))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

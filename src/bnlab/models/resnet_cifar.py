@@ -27,8 +27,18 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
+def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, norm) -> nn.Module:
+    """Identity when shapes match; otherwise option A ("pad", He et al.'s CIFAR nets) or a 1x1 conv + norm
+    ("projection", option B, used by the CIFAR ResNet-18 variant)."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    if kind == "pad":
+        return PadShortcut(in_ch, out_ch, stride)
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, norm, activation: str):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm, activation: str, shortcut: str = "pad"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
         self.bn1 = norm(out_ch)
@@ -36,7 +46,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = norm(out_ch)  # the residual branch's last norm: `zero_init_residual` targets it
         self.act2 = build_activation(activation)
-        self.shortcut = PadShortcut(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
+        self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
