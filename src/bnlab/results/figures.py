@@ -40,7 +40,7 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         tmp = out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext)
+        fig.savefig(tmp, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)  # reproducible bytes
         tmp.replace(out / f"{name}.{ext}")
         paths.append(out / f"{name}.{ext}")
     plt.close(fig)

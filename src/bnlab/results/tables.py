@@ -26,7 +26,7 @@ def mean_std_cells(agg: pd.DataFrame, metrics: list[str], scale: float = 100.0, 
     for m in metrics:
         if f"{m}_mean" in agg:
             out[m] = [
-                f"{mu * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+                "–" if mu != mu else f"{mu * scale:.{digits}f} ± {sd * scale:.{digits}f}"  # NaN: not measured
                 for mu, sd in zip(agg[f"{m}_mean"], agg[f"{m}_std"])
             ]
     return out
