@@ -121,7 +121,14 @@ def test_composed_config_checks_k_times_m_against_the_batch_sizes():
     with pytest.raises(ConfigError, match="eval.sampler.labels_per_batch"):
         validate(compose_cfg(["sampler=label_pairs", "train.batch_size=32", "eval.sampler.name=label_pairs"]))
     validate(compose_cfg(["train.batch_size=32", "eval.sampler.name=label_pairs", "eval.batch_size=50"]))
-    over = ["sampler=label_pairs", "train.batch_size=32", "sampler.interleave=contiguous", "++norm.nbs=32"]
+    # full validation batches, so the norm's short-last-batch check passes and the interleave rule is what fires
+    over = [
+        "sampler=label_pairs",
+        "train.batch_size=32",
+        "sampler.interleave=contiguous",
+        "++norm.nbs=32",
+        "data.val_subset=2048",
+    ]
     with pytest.raises(ConfigError, match="sampler.interleave"):
         validate(compose_cfg(over))
 
