@@ -36,6 +36,13 @@ def test_two_processes_with_sync_bn_match_one_process(tiny_cfg):
     assert gap_sync < 0.25 * gap_control, (gap_sync, gap_control)
 
 
+def test_relative_out_dir_works_with_processes(tiny_cfg, tmp_path, monkeypatch):
+    """The rendezvous file lives in the run directory; a relative out_dir (the default `runs`) must work."""
+    monkeypatch.chdir(tmp_path)
+    summary = run(tiny_cfg("study=rel", "train.epochs=1", "norm.nbs=64", "train.processes=2", "out_dir=runs"))
+    assert summary["status"] == "completed" and not summary["run_dir"].startswith("/")
+
+
 def test_processes_must_split_the_batch(tiny_cfg):
     with pytest.raises(ConfigError, match="train.processes"):
         run(tiny_cfg("train.processes=3"))

@@ -97,7 +97,7 @@ def _rank_main(index: int, cfg_yaml: str, world: int, init_file: str, raise_on_f
 
 def spawn_ranks(cfg, processes: int, run_root: Path, raise_on_failure: bool, tags) -> None:
     """Run `processes` ranks of this run and wait; a failing rank stops the others (torch's spawn semantics)."""
-    init_file = run_root / ".dist_init"
+    init_file = (run_root / ".dist_init").resolve()  # absolute: in file://runs/x the "runs" would be a URL host
     init_file.unlink(missing_ok=True)  # a file store left by a killed attempt would confuse the rendezvous
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     try:

@@ -130,7 +130,21 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
         processes = int(cfg.train.get("processes", 1))
         if processes > 1 and rank.world == 1:  # this process only launches the ranks and waits for them
             rd.write_config(cfg)
-            spawn_ranks(cfg, processes, rd.root, raise_on_failure, tags)
+            try:
+                spawn_ranks(cfg, processes, rd.root, raise_on_failure, tags)
+            except Exception as e:  # a rank died before writing its summary: record it, so a sweep goes on
+                if rd.status() is None:
+                    atomic_write_text(rd.error, traceback.format_exc())
+                    rd.write_summary(
+                        {
+                            "run_id": rid,
+                            "run_dir": str(rd.root),
+                            "status": "failed",
+                            "reason": f"{type(e).__name__}: {str(e).strip()[-500:]}",
+                        }
+                    )
+                if raise_on_failure:
+                    raise
             return rd.summary()
         if rank.main:
             rd.write_config(cfg)
