@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from bnlab.config import validate
 from bnlab.models import build_model
@@ -70,3 +70,15 @@ def test_cpu_preset_runs_one_step(study, tmp_path):
             cfg.eval.precise_samples = cfg.train.batch_size
     summary = run(cfg)
     assert summary["status"] == "completed" and summary["step"] == 1
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_an_arm_that_joins_a_study_keeps_that_studys_settings(scale):
+    """nbs_sync lands in the nbs table, so apart from processes (and NBS) its runs must match nbs's at each scale."""
+    base = compose_point("nbs", scale, [])
+    joined = compose_point("nbs_sync", scale, [])
+    assert joined.study == base.study == "nbs"
+    for key in ("train.epochs", "train.batch_size", "optim.lr", "data.train_subset", "data.val_subset", "eval"):
+        a, b = (OmegaConf.select(c, key) for c in (base, joined))
+        assert a == b, key
+    assert joined.train.processes == 2 and base.train.processes == 1
