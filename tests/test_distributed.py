@@ -8,6 +8,7 @@ import pytest
 from bnlab.config_errors import ConfigError
 from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
+from conftest import TINY, compose_cfg
 
 
 def _metrics(summary) -> pd.DataFrame:
@@ -36,11 +37,14 @@ def test_two_processes_with_sync_bn_match_one_process(tiny_cfg):
     assert gap_sync < 0.25 * gap_control, (gap_sync, gap_control)
 
 
-def test_relative_out_dir_works_with_processes(tiny_cfg, tmp_path, monkeypatch):
+def test_relative_out_dir_works_with_processes(tmp_path, monkeypatch):
     """The rendezvous file lives in the run directory; a relative out_dir (the default `runs`) must work."""
     monkeypatch.chdir(tmp_path)
-    summary = run(tiny_cfg("study=rel", "train.epochs=1", "norm.nbs=64", "train.processes=2", "out_dir=runs"))
-    assert summary["status"] == "completed" and not summary["run_dir"].startswith("/")
+    cfg = compose_cfg([*TINY, "study=rel", "train.epochs=1", "norm.nbs=64", "train.processes=2", "out_dir=runs"])
+    assert cfg.out_dir == "runs"
+    summary = run(cfg)
+    assert summary["status"] == "completed" and summary["run_dir"].startswith("runs/")
+    assert (tmp_path / summary["run_dir"] / "summary.json").exists()
 
 
 def test_processes_must_split_the_batch(tiny_cfg):
