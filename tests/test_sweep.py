@@ -168,3 +168,16 @@ def test_report_embeds_every_study_table_and_figure(tmp_path):
     assert "toy/cpu" in page and "<table" in page and "11.0 ± 1.0" in page
     assert page.count("data:image/png;base64,") == 1  # self-contained: the figure is inline, no file links
     assert 'src="curves' not in page
+
+
+def test_neutral_default_keeps_run_hash(monkeypatch):
+    """A key added later at its neutral value leaves old run ids alone; any other value changes the id."""
+    from omegaconf import OmegaConf
+
+    from bnlab.train import run_dir
+
+    base = OmegaConf.create({"study": "s", "seed": 0, "train": {"epochs": 1}})
+    before = run_dir.run_id(base)
+    monkeypatch.setitem(run_dir.NEUTRAL_DEFAULTS, "train.new_switch", False)
+    assert run_dir.run_id(OmegaConf.merge(base, {"train": {"new_switch": False}})) == before
+    assert run_dir.run_id(OmegaConf.merge(base, {"train": {"new_switch": True}})) != before

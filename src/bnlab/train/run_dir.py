@@ -20,16 +20,29 @@ from bnlab.utils.io import atomic_write_json, atomic_write_text, read_json
 # keys that change where/how a run is watched, not what it computes
 NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progress", "train.retry_failed")
 
+# keys added after results were committed, left out of the identity while they hold the value that reproduces
+# the earlier behaviour, so adding a switch does not rename (and re-run) every existing run directory
+NEUTRAL_DEFAULTS: dict[str, object] = {}
+
+
+_ANY = object()
+
+
+def _pop(container: dict, dotted: str, only_if=_ANY) -> None:
+    *parents, leaf = dotted.split(".")
+    node = container
+    for p in parents:
+        node = node.get(p, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and leaf in node and (only_if is _ANY or node[leaf] == only_if):
+        node.pop(leaf)
+
 
 def identity_config(cfg) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
     for dotted in NON_IDENTITY_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _pop(container, dotted)
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        _pop(container, dotted, only_if=neutral)
     return container
 
 
