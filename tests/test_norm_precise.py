@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.norm import BatchNorm2d, BatchRenorm2d, SeparateBatchNorm2d, adaptive_bn, precise_bn, use_domain
+from bnlab.norm import (
+    BatchNorm2d,
+    BatchRenorm2d,
+    SeparateBatchNorm2d,
+    adaptive_bn,
+    frozen_ema,
+    precise_bn,
+    use_domain,
+)
 
 TOL = {"atol": 1e-10, "rtol": 1e-9}
 SIZES = [5, 16, 3, 13]  # unequal, and small
@@ -173,3 +181,54 @@ def test_running_statistics_are_those_of_the_evaluated_network(norm):
     # the pass's settings are restored
     assert all(m.r_max > 1 for m in net if isinstance(m, BatchRenorm2d))
     assert all(m.train_stats == "running" for m in net if isinstance(m, BatchNorm2d) and norm == "bnlab_bn_running")
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+def test_frozen_ema_replays_the_ema_from_the_initial_statistics(momentum):
+    """EMA re-run on a frozen model = the EMA formula over the batch statistics of its inputs, started at (0, 1)."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, 4, 3).double()
+    net = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=momentum).double(), nn.ReLU()).double()
+    x = _dataset()
+    batches = _batches(x)
+    net.train()
+    for b in batches * 2:  # "training": 8 steps (the conv is frozen here, so nothing moves)
+        net(b)
+    net[1].running_mean.fill_(7.0)  # whatever training left is discarded
+    params = {k: v.clone() for k, v in net.named_parameters()}
+    net.eval()
+    assert frozen_ema(net, batches) == 8  # as many passes as training, cycling through the 4 batches
+    mean, var = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    with torch.no_grad():
+        for k, b in enumerate(batches * 2):
+            f = conv(b)
+            bv, bm = torch.var_mean(f, dim=(0, 2, 3), correction=1)  # PyTorch's EMA: unbiased batch variance
+            m = 1.0 / (k + 1) if momentum is None else momentum  # None: cumulative average
+            mean, var = (1 - m) * mean + m * bm, (1 - m) * var + m * bv
+    torch.testing.assert_close(net[1].running_mean, mean, **TOL)
+    torch.testing.assert_close(net[1].running_var, var, **TOL)
+    assert int(net[1].num_batches_tracked) == 8 and not net.training
+    assert all(torch.equal(v, dict(net.named_parameters())[k]) for k, v in params.items())
+    assert frozen_ema(net, batches, steps=3) == 3  # an explicit count
+
+
+def test_frozen_ema_after_many_steps_approaches_precise_bn():
+    """With the model frozen, a long EMA forgets its initial value: it lands near the population statistics."""
+    net, x = _deep_net(lambda c: nn.BatchNorm2d(c, momentum=0.5)), _dataset()
+    net.double()
+    frozen_ema(net, [x], steps=60)  # full-data batches: batch statistics = population statistics
+    ema = [m.running_mean.clone() for m in net if isinstance(m, nn.BatchNorm2d)]
+    precise_bn(net, [x])
+    for e, m in zip(ema, [m for m in net if isinstance(m, nn.BatchNorm2d)]):
+        torch.testing.assert_close(e, m.running_mean, rtol=1e-9, atol=1e-9)
+
+
+def test_ema_frozen_eval_mode_in_a_training_run(tiny_cfg):
+    from bnlab.train.loop import run
+
+    summary = run(tiny_cfg("eval.modes=[running,ema_frozen]", "train.epochs=1"))
+    assert summary["status"] == "completed"
+    final = summary["final"]
+    for mode in ("running", "ema_frozen"):
+        assert 0 <= final[f"val_err_{mode}"] <= 1 and final[f"val_loss_{mode}"] == final[f"val_loss_{mode}"]
+    assert final["val_loss_ema_frozen"] != final["val_loss_running"]  # the same EMA, on a model that stood still

@@ -116,3 +116,41 @@ def precise_bn(model: nn.Module, batches: Iterable, num_samples: int = 8192) -> 
 def adaptive_bn(model: nn.Module, target_batches: Iterable, num_samples: int = 8192) -> int:
     """Adaptive BN (Li et al. 2016): population statistics recomputed on target-domain data (= `precise_bn`)."""
     return precise_bn(model, target_batches, num_samples)
+
+
+@torch.no_grad()
+def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None) -> int:
+    """Re-run the training EMA on the frozen model: the "moving model" taken out of the EMA.
+
+    Every BN layer's running statistics are reset to their initial values (mean 0, var 1, no batches tracked),
+    then `steps` training-mode forward passes (default: as many as training took, the layers' largest
+    num_batches_tracked) move them with the layers' own momenta, cycling through `batches`. Against Precise BN
+    the result keeps the EMA's initial-value weight (1 - momentum)^steps and its batch-to-batch noise, but not
+    the staleness of averaging statistics of older models (Wu, "Devils in BatchNorm": the EMA is biased, short,
+    and "computed on a moving model"). Parameters are untouched and train/eval modes restored; the running
+    statistics and step counters are left as the re-run ends. Returns the number of forward passes.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if steps is None:
+        steps = max((int(m.num_batches_tracked) for m in layers), default=0)
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    modes = {m: m.training for m in model.modules()}
+    for m in layers:
+        m.reset_running_stats()
+    done = 0
+    try:
+        model.train()
+        while done < steps:
+            before = done
+            for batch in batches:
+                x = batch[0] if isinstance(batch, tuple | list) else batch
+                model(x.to(device))
+                done += 1
+                if done >= steps:
+                    break
+            if done == before:
+                raise ValueError("frozen_ema: `batches` is empty")
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return done
