@@ -38,7 +38,7 @@ class StudyClaim:
     source: str  # the source's result, one line
     ours: str  # our result, one line
     verdict: str  # one of VERDICTS
-    evidence: str  # path of the supporting results file, relative to the repository root
+    evidence: str  # path of the supporting results file, relative to the repository root ("" when not run)
 
 
 def _load_mapping(path: Path) -> dict:
@@ -62,8 +62,12 @@ def load_claims(experiments_dir: Path) -> list[Claim]:
 def load_study_claim(path: Path, claim_ids: set[str]) -> StudyClaim:
     """One study's claim.yaml, checked: every field present and one line, a known claim id and verdict."""
     data = _load_mapping(path)
+    not_run = data.get("verdict") == "not run"
     for field in CLAIM_FIELDS:
         value = data.get(field)
+        if field == "evidence" and not_run and value in (None, ""):
+            data[field] = ""  # a study not run yet has no results file
+            continue
         if not isinstance(value, str) or not value.strip():
             raise ClaimFileError(path, field, "missing or empty (a one-line string)")
         if "\n" in value.strip():

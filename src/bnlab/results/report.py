@@ -61,7 +61,9 @@ def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_sh
             if sc.study in studies_shown:
                 links.insert(0, f'<a href="#{_anchor(sc.study)}">results</a>')
             evidence = Path(sc.evidence)
-            if (root / evidence).exists():
+            if not sc.evidence:
+                pass  # not run: nothing to link
+            elif (root / evidence).is_file():
                 href = _href(root / evidence, page_dir)
                 links.append(f'<a href="{href}" title="{html.escape(sc.evidence)}">{html.escape(evidence.name)}</a>')
             else:
@@ -77,6 +79,16 @@ def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_sh
     return _wide(f'<table class="claims"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
+def _cell_text(text):
+    """A table cell as written, except long raw floats (e.g. 0.0394912345), shown with 4 significant digits."""
+    if not isinstance(text, str) or len(text) <= 8:
+        return text
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
+
+
 def _section(folder: Path, title: str, anchor: str | None) -> str:
     id_attr = f' id="{anchor}"' if anchor else ""
     parts = [f"<h2{id_attr}>{html.escape(title)}</h2>"]
@@ -87,7 +99,8 @@ def _section(folder: Path, title: str, anchor: str | None) -> str:
         parts.append(f"<h3>{html.escape(csv.stem)}</h3>")
         if caption and not caption.startswith("|"):
             parts.append(f"<p>{html.escape(caption)}</p>")
-        parts.append(_wide(pd.read_csv(csv).to_html(index=False, na_rep="", border=0)))
+        table = pd.read_csv(csv, dtype=str).map(_cell_text)  # text as the study wrote it: "90.0" stays "90.0"
+        parts.append(_wide(table.to_html(index=False, na_rep="", border=0)))
     for png in sorted(folder.glob("*.png")):
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(
