@@ -1,4 +1,10 @@
-"""C5 analysis: where EMA statistics are wrong ("false overfitting") and how many samples Precise BN needs."""
+"""C5 analysis: where EMA statistics are wrong ("false overfitting"), why, and how many samples Precise BN needs.
+
+The EMA's excess error over Precise BN splits in two with the EMA re-run on the frozen final model
+(eval mode ema_frozen, same momentum and number of steps, from the initial statistics): init_bias = frozen EMA
+minus Precise BN (the initial values' remaining weight (1 - momentum)^steps, plus batch noise), staleness =
+training EMA minus frozen EMA (statistics of older models: the "moving model").
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from bnlab.results.figures import new_figure, save_figure
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 KEYS = ["norm.momentum", "train.epochs", "optim.lr"]
+LABELS = {"val_err_running": "EMA", "val_err_ema_frozen": "EMA on frozen model", "val_err_batch": "batch stats"}
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
@@ -15,30 +22,47 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     precise = sorted((c for c in done if c.startswith("val_err_precise_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     best = precise[-1] if precise else "val_err_precise"
     done["ema_excess"] = done["val_err_running"] - done[best]  # EMA error beyond what population stats give
-    metrics = ["val_err_running", *precise, "val_err_batch", "ema_excess"]
-    agg = aggregate(done, KEYS, metrics)
+    frozen = ["val_err_ema_frozen"] if "val_err_ema_frozen" in done else []
+    split = []
+    if frozen:
+        done["init_bias"] = done["val_err_ema_frozen"] - done[best]  # the EMA on a model that stood still
+        done["staleness"] = done["val_err_running"] - done["val_err_ema_frozen"]  # what the moving model adds
+        split = ["init_bias", "staleness"]
+    metrics = ["val_err_running", *frozen, *precise, "val_err_batch", "ema_excess", *split]
+    agg = aggregate(done, KEYS, [*metrics, "step"])
     table = mean_std_cells(agg, metrics)
     table.insert(1, "lambda (EMA decay)", [round(1 - m, 4) for m in table["norm.momentum"]])
+    # weight the EMA still gives its initial values after training (PyTorch's running = (1 - m) running + m batch)
+    table.insert(4, "initial weight", [f"{(1 - m) ** s:.3g}" for m, s in zip(agg["norm.momentum"], agg["step_mean"])])
     written = write_table(
         table,
         out,
         "ema_vs_precise_table",
         "Validation error (%) with EMA statistics, Precise BN "
         "over N training images, and batch statistics; ema_excess = EMA minus Precise BN "
-        f"({best.rsplit('_', 1)[1]}). Mean ± std over seeds.",
+        f"({best.rsplit('_', 1)[1]})"
+        + (
+            "; val_err_ema_frozen = the same EMA re-run on the frozen final model, splitting ema_excess into "
+            "init_bias (frozen EMA - Precise BN) and staleness (EMA - frozen EMA); "
+            "initial weight = (1 - momentum)^steps"
+            if frozen
+            else ""
+        )
+        + ". Mean ± std over seeds (the mean alone for one run).",
     )
     panels = agg[["train.epochs", "optim.lr"]].drop_duplicates().sort_values(["train.epochs", "optim.lr"])
     fig, axes = new_figure(ncols=len(panels), width=3.3 * len(panels), height=3.1)
     for ax, (_, p) in zip(axes[0], panels.iterrows()):
         a = agg[(agg["train.epochs"] == p["train.epochs"]) & (agg["optim.lr"] == p["optim.lr"])].sort_values(KEYS[0])
-        for m, style in [("val_err_running", "o-"), (best, "s-"), ("val_err_batch", "^--")]:
+        curves = [("val_err_running", "o-"), *[(f, "D:") for f in frozen], (best, "s-"), ("val_err_batch", "^--")]
+        for m, style in curves:
             ax.errorbar(
                 a[KEYS[0]],
                 a[f"{m}_mean"] * 100,
                 yerr=a[f"{m}_std"] * 100,
                 fmt=style,
                 capsize=3,
-                label={"val_err_running": "EMA", "val_err_batch": "batch stats"}.get(m, f"Precise BN ({m[16:]})"),
+                label=LABELS.get(m, f"Precise BN ({m[16:]})"),
             )
         ax.set_xscale("log")
         ax.set(
@@ -46,7 +70,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             ylabel="val error (%)",
             title=f"{int(p['train.epochs'])} epochs, lr {p['optim.lr']}",
         )
-    axes[0][0].legend()
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the curves cross every region
     written += save_figure(fig, out, "ema_vs_precise_error_vs_momentum")
     if precise:
         fig, axes = new_figure()
