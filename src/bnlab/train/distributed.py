@@ -9,6 +9,7 @@ a norm layer lines up) and only rank 0 writes files, logs and checkpoints.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,17 @@ def _rank_main(index: int, entry, cfg_yaml: str, world: int, init_file: str, ent
         entry(cfg, *entry_args)
         dist.barrier()  # every rank done before teardown: gloo aborts when a peer vanishes mid-connection
     finally:
-        dist.destroy_process_group()
+        teardown()
+
+
+def teardown() -> None:
+    """Destroy the process group and drop every reference to it while the interpreter is fully alive: a Gloo
+    group still referenced at exit is destroyed during interpreter shutdown, which can SIGABRT the rank."""
+    from bnlab.norm.sync import release_groups
+
+    release_groups()
+    dist.destroy_process_group()
+    gc.collect()  # autograd graphs that held a group (AllReduceSum's ctx) go now, not at exit
 
 
 def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:
