@@ -21,18 +21,31 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install data demo train test test-slow lint format bench-norm sweep collect figures report status need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench-norm sweep collect figures report status need-exp clean help
 
-help:  ## list targets
+help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@echo
+	@echo "variables (make <target> VAR=value):"
+	@echo "  EXP=<study>       sweep/collect/figures/status: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
+	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
+	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: one after another (basic, default),"
+	@echo "                    JOBS=$(JOBS) in parallel (joblib), or as submitit jobs (local processes, SLURM)"
+	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
+	@echo "  ARGS=\"...\"        extra Hydra overrides (train, sweep, demo) or pytest arguments (test), e.g."
+	@echo "                    make train ARGS=\"norm=ghost norm.nbs=16\"   make sweep EXP=nbs ARGS=\"seed=0\""
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the exact version the tests and committed results used
+$(STAMP): pyproject.toml constraints.txt
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install bnlab with its dev tools
+install: $(STAMP)  ## create .venv and install bnlab with its dev tools, at the versions in constraints.txt
+
+lock:  ## rewrite constraints.txt from the versions installed in .venv (after upgrading a package there)
+	$(BIN)/python scripts/lock_constraints.py
 
 data:  ## install the offline Fashion-MNIST (Debian package) when root and it is missing
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \

@@ -1,4 +1,7 @@
-"""`bnlab collect|figures|report|status`: everything after training, from run directories to a report."""
+"""bnlab: everything after training, from run directories to tables, figures, a report and BN health.
+
+collect, figures, status (per study), health (one run's checkpoint), report (every committed study).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,16 @@ import sys
 from pathlib import Path
 
 from bnlab import REPO_ROOT
+
+TRAINING = """training (Hydra, config in conf/train.yaml):
+  one run:    bnlab-train [overrides]  (= python -m bnlab.train)   e.g. bnlab-train norm=ghost norm.nbs=16
+  a study:    make sweep EXP=<study> SCALE=cpu       (= python -m bnlab.train -m experiment=<study> scale=cpu)
+  then:       bnlab collect <study> && bnlab figures <study>"""
+
+
+def studies() -> list[str]:
+    """The studies defined in conf/experiment/ (a study's runs land in <runs>/<study>/)."""
+    return sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
 def _results_dir(args) -> Path:
@@ -56,15 +69,17 @@ def cmd_report(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bnlab", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="bnlab", description=__doc__, epilog=TRAINING, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, helptext in [
         ("collect", cmd_collect, "run directories -> runs/epochs tables"),
         ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
         ("status", cmd_status, "completed / diverged / failed / interrupted runs"),
     ]:
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("study")
+        s = sub.add_parser(name, help=helptext, description=helptext)
+        s.add_argument("study", help=f"a study: {', '.join(studies())} (or any <runs>/<study> folder, e.g. nbs_demo)")
         s.add_argument("--runs", default="runs", help="root of run directories (config out_dir)")
         s.add_argument("--preset", default="cpu", help="which scale preset's runs: cpu | gpu | none | all")
         s.add_argument("--out", default=None, help="results folder (default results/<study>/<preset>)")

@@ -23,7 +23,7 @@ def _one_of(value, key: str, allowed) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    from bnlab.data import DATASETS, validate_data_config
+    from bnlab.data import DATASETS, SHARED_KEYS, validate_data_config
     from bnlab.data.samplers import SAMPLERS
     from bnlab.models import MODELS
     from bnlab.norm import NORMS, validate_norm
@@ -32,13 +32,14 @@ def validate(cfg: DictConfig) -> None:
     from bnlab.train.optim import OPTIMIZERS, SCHEDULES
     from bnlab.train.wandb_logger import MODES
 
-    _one_of(cfg.data.get("name"), "data.name", DATASETS)
-    _one_of(cfg.sampler.get("name"), "sampler.name", SAMPLERS)
-    _one_of(cfg.model.get("name"), "model.name", MODELS)
-    _one_of(cfg.norm.get("name"), "norm.name", NORMS)
-    _one_of(cfg.optim.get("name"), "optim.name", OPTIMIZERS)
-    _one_of(cfg.schedule.get("name"), "schedule.name", SCHEDULES)
-    _one_of(cfg.loss.get("name"), "loss.name", LOSSES)
+    # every group's name, and its keys against the constructor's signature (unknown keys fail here, named)
+    DATASETS.check(cfg.data, shared=SHARED_KEYS)
+    SAMPLERS.check(cfg.sampler)
+    MODELS.check(cfg.model)
+    NORMS.check(cfg.norm)
+    OPTIMIZERS.check(cfg.optim)
+    SCHEDULES.check(cfg.schedule)
+    LOSSES.check(cfg.loss)
     _one_of(cfg.logger.get("mode"), "logger.mode", MODES)
     for m in cfg.eval.get("modes", []):
         _one_of(m, "eval.modes", EVAL_MODES)

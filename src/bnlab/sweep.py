@@ -13,18 +13,34 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnlab.results.collect import collect
+from bnlab.train.run_dir import RunDir
+
+
+def run_statuses(study_dir: Path) -> list[tuple[RunDir, str, str | None]]:
+    """(run, status, reason) for every run directory of a study, read from its own files (as collect does): no
+    summary means interrupted (a checkpoint is kept) or incomplete."""
+    if not study_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
+        rd = RunDir(path)
+        summary = rd.summary()
+        if summary:
+            out.append((rd, summary.get("status"), summary.get("reason")))
+        else:
+            out.append((rd, "interrupted" if rd.checkpoint.exists() else "incomplete", None))
+    return out
 
 
 def status_report(study_dir: Path) -> str:
-    runs, _ = collect(study_dir)
-    if runs.empty:
+    runs = run_statuses(study_dir)
+    if not runs:
         return f"[bnlab] sweep summary: no runs under {study_dir}"
-    counts = Counter(runs["status"])
+    counts = Counter(str(status) for _, status, _ in runs)
     lines = [f"[bnlab] sweep summary for {study_dir}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    for _, r in runs[runs["status"] != "completed"].iterrows():
-        reason = r.get("reason")
-        lines.append(f"  {r['status']:>11}  {r['run_dir']}" + (f"  ({reason})" if isinstance(reason, str) else ""))
+    for rd, status, reason in runs:
+        if status != "completed":
+            lines.append(f"  {status:>11}  {rd.root}" + (f"  ({reason})" if isinstance(reason, str) else ""))
     return "\n".join(lines)
 
 

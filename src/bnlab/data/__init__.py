@@ -22,28 +22,50 @@ from bnlab.data.imbalance import imbalance_indices
 from bnlab.data.samplers import build_batch_sampler, build_eval_sampler, validate_sampler_config
 from bnlab.data.synthetic import make_synthetic
 from bnlab.data.worker_loader import WorkerLoader
+from bnlab.registry import Registry
 
-# in-memory datasets: name -> loader(data cfg) returning (train_x uint8 NCHW, train_y, test_x, test_y, num_classes)
-IN_MEMORY = {
-    "fashion_mnist": lambda cfg: load_fashion_mnist(cfg.get("root"), cfg.get("download", False)),
-    "cifar10": lambda cfg: load_cifar(
-        10, cfg.get("root"), cfg.get("download", False), cfg.get("verify_checksums", True)
-    ),
-    "cifar100": lambda cfg: load_cifar(
-        100, cfg.get("root"), cfg.get("download", False), cfg.get("verify_checksums", True)
-    ),
-    "synthetic": lambda cfg: make_synthetic(
-        int(cfg.get("n_train", 2048)),
-        int(cfg.get("n_test", 512)),
-        int(cfg.get("num_classes", 10)),
-        int(cfg.get("channels", 3)),
-        int(cfg.get("image_size", 16)),
-        float(cfg.get("noise", 1.0)),
-        int(cfg.get("seed", 0)),
-    ),
-}
-STREAMED = ("imagenette",)  # decoded from files by DataLoader workers
-DATASETS = (*IN_MEMORY, *STREAMED)
+# keys every dataset has, read by build_data itself (splits, subsets, imbalance, augmentation)
+SHARED_KEYS = (
+    "val_source", "holdout", "split_seed", "train_subset", "val_subset", "imbalance", "image_size",
+    "crop_padding", "flip",
+)  # fmt: skip
+# name -> loader(its own data keys): (train_x uint8 NCHW, train_y, test_x, test_y, num_classes) for the in-memory
+# datasets, a Streamed source for those decoded by DataLoader workers
+DATASETS = Registry("data")
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root, download: bool):
+    return load_fashion_mnist(root, download)
+
+
+@DATASETS.register("cifar10")
+def cifar10(root, download: bool, verify_checksums: bool):
+    return load_cifar(10, root, download, verify_checksums)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root, download: bool, verify_checksums: bool):
+    return load_cifar(100, root, download, verify_checksums)
+
+
+@DATASETS.register("synthetic")
+def synthetic(n_train: int, n_test: int, num_classes: int, channels: int, image_size: int, noise: float, seed: int):
+    return make_synthetic(int(n_train), int(n_test), int(num_classes), int(channels), int(image_size), float(noise),
+                          int(seed))  # fmt: skip
+
+
+@dataclass
+class Streamed:
+    """An image-folder dataset decoded by DataLoader workers: its keys, read when the loaders are built."""
+
+    keys: dict
+
+
+@DATASETS.register("imagenette")
+def imagenette(root, download: bool, variant: str, image_size: int, num_workers: int, stats_images: int,
+               random_resized_crop: bool, flip: bool) -> Streamed:  # fmt: skip
+    return Streamed(dict(locals()))
 
 
 @dataclass
@@ -87,7 +109,19 @@ def split_indices(train_y, test_y, dcfg, num_classes: int):
     return train_idx, val_idx, val_from_train
 
 
+def _check_enough_images(cfg, n_train: int) -> None:
+    """i.i.d. batches drop the last partial one: fewer images than a batch would make an epoch of no step."""
+    batch, scfg = cfg.train.get("batch_size"), cfg.sampler
+    if scfg.get("name") == "iid" and scfg.get("drop_last", True) and isinstance(batch, int) and n_train < batch:
+        raise ConfigError(
+            "data.train_subset",
+            f"{n_train} training images make no full batch of train.batch_size={batch} (sampler.drop_last=true); "
+            f"use at least {batch} images (data.train_subset) or a smaller train.batch_size",
+        )
+
+
 def _samplers(cfg, train_y, val_y):
+    _check_enough_images(cfg, len(train_y))
     tcfg = cfg.train
     train_sampler = build_batch_sampler(
         cfg.sampler, train_y, int(tcfg.batch_size), int(cfg.seed), tcfg.get("batches_per_epoch")
@@ -104,9 +138,9 @@ def _info(name, train_y, val_y, num_classes, mean, std, **extra) -> dict:
     return {"dataset": name, **sizes, "norm_mean": mean, "norm_std": std, **extra}
 
 
-def _build_in_memory(cfg, device) -> DataBundle:
+def _build_in_memory(cfg, device, source) -> DataBundle:
     dcfg = cfg.data
-    train_x, train_y, test_x, test_y, num_classes = IN_MEMORY[dcfg.name](dcfg)
+    train_x, train_y, test_x, test_y, num_classes = source
     size = dcfg.get("image_size")
     if size is not None and size != train_x.shape[-1]:
         raise ConfigError("data.image_size", f"{dcfg.name} images are {train_x.shape[-1]} px, got {size}")
@@ -152,6 +186,7 @@ def _build_imagenette(cfg, device) -> DataBundle:
 def validate_data_config(cfg) -> None:
     """Data and sampler checks that need no files (called from bnlab.config.validate); the rest fail on load."""
     dcfg = cfg.data
+    DATASETS.check(dcfg, shared=SHARED_KEYS)
     for key in ("image_size", "holdout", "stats_images", "n_train", "n_test", "num_classes", "channels"):
         v = dcfg.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -171,16 +206,17 @@ def validate_data_config(cfg) -> None:
         classes = imbalance.get("classes")
         if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
             raise ConfigError("data.imbalance.classes", f"need a non-empty list of labels, got {classes!r}")
+    subset = dcfg.get("train_subset")
+    if isinstance(subset, int) and not isinstance(subset, bool):
+        _check_enough_images(cfg, subset)
     validate_sampler_config(cfg)
 
 
 def build_data(cfg, device="cpu") -> DataBundle:
-    name = cfg.data.get("name")
-    if name in IN_MEMORY:
-        return _build_in_memory(cfg, device)
-    if name == "imagenette":
+    source = DATASETS.build(cfg.data, shared=SHARED_KEYS)
+    if isinstance(source, Streamed):
         return _build_imagenette(cfg, device)
-    raise ConfigError("data.name", f"unknown dataset {name!r}", allowed=sorted(DATASETS))
+    return _build_in_memory(cfg, device, source)
 
 
 __all__ = [

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from bnlab.utils.seeding import epoch_seed
+
 
 class DeviceLoader:
     def __init__(self, images, labels, batch_sampler, mean, std, augment=None, seed: int = 0, device="cpu"):
@@ -37,7 +39,7 @@ class DeviceLoader:
         return (x - self.mean) / self.std
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         for indices in self.batch_sampler:
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
             yield self.transform(self.images[idx], gen), self.labels[idx]

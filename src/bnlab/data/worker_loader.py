@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from bnlab.utils.seeding import epoch_seed
+
 
 class WorkerLoader:
     def __init__(self, dataset, batch_sampler, mean, std, seed: int = 0, device="cpu", num_workers: int = 0):
@@ -44,7 +46,7 @@ class WorkerLoader:
     def __iter__(self):
         # each worker seeds torch from this generator (base seed + worker id); with 0 workers the transforms
         # draw from this process's global RNG instead: reproducible per run, but not replayed on resume
-        self.loader.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.loader.generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)
             yield self.transform(x), y.to(self.device, non_blocking=True)

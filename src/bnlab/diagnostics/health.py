@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnlab.train.evaluate import mode, preserved_buffers
+from bnlab.norm.modes import mode, preserved_buffers
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32; below it values are denormal
 

@@ -6,13 +6,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bnlab.data import build_data
 from bnlab.diagnostics.health import BNHealthMonitor, HealthConfig
-from bnlab.models import build_model
-from bnlab.norm import build_norm
+from bnlab.train.build import build
 from bnlab.train.checkpoint import load_checkpoint
 from bnlab.train.evaluate import evaluate
-from bnlab.train.losses import build_loss
 
 
 def health_report(run_dir: Path, overrides: list[str] = (), batches: int = 8) -> str:
@@ -20,10 +17,9 @@ def health_report(run_dir: Path, overrides: list[str] = (), batches: int = 8) ->
     if not config.exists():
         raise FileNotFoundError(f"{config} not found: pass a bnlab run directory")
     cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(list(overrides)))
-    data = build_data(cfg, "cpu")
-    model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes)
+    job = build(cfg, "cpu")  # the run's own builders: same data split, model and loss
+    data, model, loss_fn = job.data, job.model, job.loss_fn
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    loss_fn = build_loss(cfg.loss, data.num_classes)
     metrics = {
         f"val_{k}_{m}": v for m in ("running", "batch") for k, v in evaluate(model, data.val, loss_fn, m).items()
     }

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from bnlab.config_errors import ConfigError
-from bnlab.models import register
 from bnlab.models.activations import build_activation
 from bnlab.models.init import init_weights
+from bnlab.models.registry import register
 
 NORM_POSITIONS = ("before_activation", "after_activation")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnlab.models import register
 from bnlab.models.activations import build_activation
 from bnlab.models.init import init_weights
+from bnlab.models.registry import register
 from bnlab.models.resnet_cifar import BasicBlock
 
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.models import register
 from bnlab.models.activations import build_activation
 from bnlab.models.init import init_weights
+from bnlab.models.registry import register
 
 
 class PadShortcut(nn.Module):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from bnlab.models import register
 from bnlab.models.activations import build_activation
 from bnlab.models.init import init_weights
+from bnlab.models.registry import register
 
 ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}  # torchvision's own
 

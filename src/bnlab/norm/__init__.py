@@ -1,8 +1,27 @@
 """Normalization layers and the one factory every model uses to build them.
 
-One file per idea: batchnorm (plain / Ghost BN, the NBS knob), sync (Sync BN), renorm (Batch Renorm), frozen,
-separate (per-domain statistics), virtual (reference-batch BN), precise (Precise / Adaptive BN), stats (the
-sums -> mean/var formula they share), factory (config -> layer), validate (config checks).
+One file per idea: batchnorm (plain BN, the NBS knob), ghost (Ghost BN), sync (Sync BN), renorm (Batch Renorm),
+frozen, separate (per-domain statistics), virtual (reference-batch BN), precise (Precise / Adaptive BN), modes
+(train/eval switching that leaves buffers untouched), stats (the sums -> mean/var formula they share), factory
+(config -> layer), validate (config checks).
+
+The ten ways to do BatchNorm (Wu, "Devils in BatchNorm", summary slide). Plain BN is `norm=batch`: batch
+statistics of each device's batch normalize in training, they update the EMA, and the EMA normalizes at test.
+
+| way (slide question)              | file:symbol                     | config switch                         |
+|-----------------------------------|---------------------------------|---------------------------------------|
+| EMA stats in training (which mu)  | batchnorm.py:BatchNorm2d        | norm.train_stats=running              |
+| Batch Renorm (which mu)           | renorm.py:BatchRenorm2d         | norm=renorm                           |
+| Sync BN (how mu_B: all devices)   | sync.py:sync_batch_norm         | norm.nbs > batch/N, train.processes=N |
+| Ghost BN (how mu_B: split batch)  | ghost.py:GhostBatchNorm2d       | norm=ghost (norm.nbs < batch)         |
+| Virtual BN (how mu_B: +reference) | virtual.py:virtual_bn           | none: `with virtual_bn(model, ref)`   |
+| No EMA update (whether to update) | batchnorm.py:BatchNorm2d        | norm.update_stats=false               |
+| Separate BN (update per domain)   | separate.py:SeparateBatchNorm2d | norm=separate (+ use_domain)          |
+| Precise BN (what at test)         | precise.py:precise_bn           | eval.modes=[..,precise]               |
+| Adaptive BN (test: target data)   | precise.py:adaptive_bn          | eval.modes=[..,adaptive]              |
+| Frozen BN (test / fine-tuning)    | frozen.py:FrozenBatchNorm2d     | norm=frozen; freeze_batchnorm(m)      |
+
+Batch statistics at test time (BN in training mode on test batches) are eval.modes: [batch] (train/evaluate.py).
 """
 
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update

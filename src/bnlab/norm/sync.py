@@ -53,6 +53,12 @@ def consecutive_ranks_group(ranks_per_group: int):
     return _SUBGROUPS[key]
 
 
+def release_groups() -> None:
+    """Forget the cached groups: call before destroy_process_group, so no Python reference keeps a Gloo group
+    (and its worker threads) alive into interpreter shutdown, where destroying it can abort the process."""
+    _SUBGROUPS.clear()
+
+
 def ranks_for_nbs(nbs: int, batch_size: int) -> int:
     """How many consecutive ranks make the normalization batch `nbs` out of per-device batches of `batch_size`."""
     if not (dist.is_available() and dist.is_initialized()):

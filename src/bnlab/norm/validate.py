@@ -69,7 +69,7 @@ def _check_nbs(cfg, name: str) -> None:
 
 def _precise_sizes(cfg) -> list[int]:
     """eval.precise_samples: one positive integer, or a list of them (each evaluated, see train.loop)."""
-    samples = cfg.eval.get("precise_samples", 8192)
+    samples = cfg.eval.get("precise_samples")  # conf/train.yaml holds the default
     sizes = list(samples) if isinstance(samples, Sequence | ListConfig) and not isinstance(samples, str) else [samples]
     if not sizes or not all(_is_int(n) and n > 0 for n in sizes):
         raise ConfigError("eval.precise_samples", f"must be a positive integer or a list of them, got {samples!r}")

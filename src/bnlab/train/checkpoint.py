@@ -1,12 +1,24 @@
-"""Checkpoints: written atomically each epoch; a corrupt one is reported by path before training resumes."""
+"""Checkpoints: written atomically each epoch; a corrupt one is reported by path before training resumes.
+
+`Progress` is where a run stands (epochs, steps, history, wall time); `save` writes it with the model, optimizer,
+schedule and health events, and `resume` restores all of them, so a killed run continues exactly.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from bnlab.train.distributed import SINGLE
+from bnlab.train.run_dir import RunDir
 from bnlab.utils.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from bnlab.train.build import Built
 
 
 class CheckpointError(RuntimeError):
@@ -29,3 +41,47 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict) or not required <= set(state):
         raise CheckpointError(f"checkpoint {path} is not a bnlab checkpoint (missing {required - set(state)})")
     return state
+
+
+@dataclass
+class Progress:
+    """Where training stands: saved in every checkpoint, restored by `resume`."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per completed epoch (metrics.csv)
+    wall_before: float = 0.0  # seconds trained by earlier attempts of this run
+    started: float = field(default_factory=time.time)
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+
+def resume(cfg, rd: RunDir, job: Built, monitor, rank=SINGLE) -> Progress:
+    """Continue from <run_dir>/checkpoint.pt when there is one (and train.resume), else start fresh."""
+    if not (cfg.train.get("resume", True) and rd.checkpoint.exists()):
+        if rank.main:
+            print(f"[bnlab] training {rd.root}")
+        return Progress()
+    state = load_checkpoint(rd.checkpoint)
+    job.model.load_state_dict(state["model"])
+    job.optimizer.load_state_dict(state["optimizer"])
+    job.schedule.load_state_dict(state["schedule"])
+    if monitor is not None:
+        monitor.events = state.get("health_events", [])
+    print(f"[bnlab] resuming {rd.root} from epoch {state['epoch']}")
+    return Progress(state["epoch"], state["step"], state["history"], state.get("wall_time", 0.0))
+
+
+def save(rd: RunDir, job: Built, progress: Progress, monitor) -> None:
+    save_checkpoint(
+        rd.checkpoint,
+        model=job.model.state_dict(),
+        optimizer=job.optimizer.state_dict(),
+        schedule=job.schedule.state_dict(),
+        epoch=progress.epoch,
+        step=progress.step,
+        history=progress.history,
+        wall_time=progress.wall_time(),
+        health_events=monitor.events if monitor else [],
+    )

@@ -1,6 +1,7 @@
 """Several processes inside one run (one sweep job): Sync BN across devices, or across CPU processes with gloo.
 
-`train.processes: N` makes the run's parent process (which holds the run lock) spawn N ranks. Every rank draws
+`train.processes: N` makes the run's parent process (which holds the run lock) spawn N ranks
+(bnlab.train.launch). Every rank draws
 the same global batch and trains on its slice of it; DDP averages gradients; a norm layer whose `nbs` exceeds the
 per-device batch all-reduces its statistics (bnlab.norm.BatchNorm2d). Every rank evaluates (so any collective in
 a norm layer lines up) and only rank 0 writes files, logs and checkpoints.
@@ -8,6 +9,7 @@ a norm layer lines up) and only rank 0 writes files, logs and checkpoints.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +82,7 @@ def wrap_model(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
     return DistributedDataParallel(model)
 
 
-def _rank_main(index: int, cfg_yaml: str, world: int, init_file: str, raise_on_failure: bool, tags) -> None:
-    from bnlab.train.loop import run
-
+def _rank_main(index: int, entry, cfg_yaml: str, world: int, init_file: str, entry_args: tuple) -> None:
     cfg = OmegaConf.create(cfg_yaml)
     backend = "nccl" if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -90,20 +90,32 @@ def _rank_main(index: int, cfg_yaml: str, world: int, init_file: str, raise_on_f
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=index, world_size=world)
     try:
-        run(cfg, raise_on_failure=raise_on_failure, tags=tags)
+        entry(cfg, *entry_args)
+        dist.barrier()  # every rank done before teardown: gloo aborts when a peer vanishes mid-connection
     finally:
-        dist.destroy_process_group()
+        teardown()
 
 
-def spawn_ranks(cfg, processes: int, run_root: Path, raise_on_failure: bool, tags) -> None:
-    """Run `processes` ranks of this run and wait; a failing rank stops the others (torch's spawn semantics)."""
+def teardown() -> None:
+    """Destroy the process group and drop every reference to it while the interpreter is fully alive: a Gloo
+    group still referenced at exit is destroyed during interpreter shutdown, which can SIGABRT the rank."""
+    from bnlab.norm.sync import release_groups
+
+    release_groups()
+    dist.destroy_process_group()
+    gc.collect()  # autograd graphs that held a group (AllReduceSum's ctx) go now, not at exit
+
+
+def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:
+    """Run `entry(cfg, *entry_args)` in `processes` ranks and wait; a failing rank stops the others (torch's spawn
+    semantics). The caller hands over the function (pycls's multi_proc_run), so this module imports no trainer."""
     init_file = (run_root / ".dist_init").resolve()  # absolute: in file://runs/x the "runs" would be a URL host
     init_file.unlink(missing_ok=True)  # a file store left by a killed attempt would confuse the rendezvous
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     try:
         mp.start_processes(
             _rank_main,
-            args=(cfg_yaml, processes, str(init_file), raise_on_failure, tags),
+            args=(entry, cfg_yaml, processes, str(init_file), entry_args),
             nprocs=processes,
             join=True,
             start_method="spawn",

@@ -14,34 +14,28 @@ model. None of them touches the model being trained.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import torch
+from omegaconf import ListConfig
 
 from bnlab.norm import frozen_ema, precise_bn
+from bnlab.norm.modes import mode, preserved_buffers
 
 EVAL_MODES = ("running", "batch", "precise", "adaptive", "ema_frozen")
 
 
-@contextmanager
-def preserved_buffers(model: torch.nn.Module):
-    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, buf in model.named_buffers():
-                buf.copy_(saved[name])
-
-
-@contextmanager
-def mode(model: torch.nn.Module, train: bool):
-    was_training = model.training
-    model.train(train)
-    try:
-        yield
-    finally:
-        model.train(was_training)
+def eval_variants(eval_cfg) -> list[tuple[str, str, int]]:
+    """(mode, metric suffix, population samples) per evaluation. A list in eval.precise_samples evaluates
+    precise/adaptive once per size, named e.g. val_err_precise_512 (how many samples Precise BN needs)."""
+    samples = eval_cfg.precise_samples  # conf/train.yaml holds the default
+    sizes = [int(n) for n in samples] if isinstance(samples, list | ListConfig) else [int(samples)]
+    out = []
+    for m in eval_cfg.modes:
+        if m in ("precise", "adaptive") and len(sizes) > 1:
+            out += [(m, f"{m}_{n}", n) for n in sizes]
+        else:
+            out.append((m, m, sizes[-1]))
+    return out
 
 
 @torch.no_grad()
@@ -58,12 +52,12 @@ def _loop(model, loader, loss_fn) -> dict:
 
 
 def evaluate(
-    model, loader, loss_fn, eval_mode: str = "running", train_loader=None, precise_samples: int = 8192
+    model, loader, loss_fn, eval_mode: str = "running", train_loader=None, precise_samples: int | None = None
 ) -> dict:
     """Return {'loss', 'err'} on `loader` with the given statistics mode.
 
     "precise" and "ema_frozen" need `train_loader` (training batches: Precise BN's `precise_samples` samples,
-    or the EMA re-run's batches, cycled).
+    or the EMA re-run's batches, cycled); "precise" and "adaptive" need `precise_samples` (eval.precise_samples).
     """
     if eval_mode == "running":
         with mode(model, train=False):
@@ -75,6 +69,8 @@ def evaluate(
         source = train_loader if eval_mode == "precise" else loader
         if source is None:
             raise ValueError("eval mode 'precise' needs the training loader (evaluate(..., train_loader=...))")
+        if precise_samples is None:
+            raise ValueError(f"eval mode {eval_mode!r} needs precise_samples (eval.precise_samples)")
         frozen = copy.deepcopy(model)
         precise_bn(frozen, source, precise_samples)
         with mode(frozen, train=False):

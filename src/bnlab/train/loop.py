@@ -1,73 +1,34 @@
-"""One training run: config -> builders -> epochs -> run directory. Knows nothing about which norm is used."""
+"""One training run: config -> build -> resume -> fit (the epochs) -> finish (status, summary, error.txt).
+
+Knows nothing about which norm is used: norm-specific behaviour lives in the layers, evaluation modes in
+evaluate.py, BN health in diagnostics/. A multi-process run's parent only launches its ranks (launch.py).
+"""
 
 from __future__ import annotations
 
 import math
-import random
 import time
-import traceback
 from contextlib import nullcontext
 
-import numpy as np
 import torch
-from omegaconf import ListConfig
 from tqdm.auto import tqdm
 
 from bnlab.config import validate
-from bnlab.data import build_data
 from bnlab.diagnostics import build_monitor
-from bnlab.models import build_model
-from bnlab.norm import build_norm
-from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
-from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
-from bnlab.train.evaluate import evaluate
-from bnlab.train.losses import build_loss
-from bnlab.train.optim import Schedule, build_optimizer
+from bnlab.train.build import Built, build, resolve_device
+from bnlab.train.checkpoint import Progress, resume, save
+from bnlab.train.console import format_row
+from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wrap_model
+from bnlab.train.evaluate import eval_variants, evaluate
+from bnlab.train.launch import launch_ranks
+from bnlab.train.outcome import Diverged, Outcome, recorded
 from bnlab.train.run_dir import RunDir, run_id
 from bnlab.train.wandb_logger import WandbLogger
 from bnlab.utils.io import atomic_write_text
 from bnlab.utils.provenance import environment
+from bnlab.utils.seeding import seed_everything
 
-
-class Diverged(RuntimeError):
-    pass
-
-
-def format_row(row: dict) -> str:
-    """Core metrics on one console line; namespaced diagnostics (health/...) go to the CSV, with one flag here."""
-    text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if "/" not in k)
-    return text + ("  BN-HEALTH: EMA corruption" if row.get("health/ema_corruption") else "")
-
-
-def eval_variants(eval_cfg) -> list[tuple[str, str, int]]:
-    """(mode, metric suffix, population samples) per evaluation. A list in eval.precise_samples evaluates
-    precise/adaptive once per size, named e.g. val_err_precise_512 (how many samples Precise BN needs)."""
-    samples = eval_cfg.get("precise_samples", 8192)
-    sizes = [int(n) for n in samples] if isinstance(samples, list | ListConfig) else [int(samples)]
-    out = []
-    for m in eval_cfg.modes:
-        if m in ("precise", "adaptive") and len(sizes) > 1:
-            out += [(m, f"{m}_{n}", n) for n in sizes]
-        else:
-            out.append((m, m, sizes[-1]))
-    return out
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} requested but CUDA is not available (use device=cpu or auto)")
-    return name
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
+__all__ = ["Diverged", "fit", "run", "train_one_epoch"]
 
 
 def train_one_epoch(
@@ -100,155 +61,128 @@ def train_one_epoch(
     return {"train_loss": loss_sum.item() / total.item(), "train_err": wrong.item() / total.item()}
 
 
+def _evaluate_epoch(cfg, job: Built, monitor, row: dict, epoch: int) -> None:
+    """Validation in every configured mode, then the BN health check, into the epoch's row."""
+    for eval_mode, suffix, samples in eval_variants(cfg.eval):
+        for k, v in evaluate(job.model, job.data.val, job.loss_fn, eval_mode, job.data.train, samples).items():
+            row[f"val_{k}_{suffix}"] = v
+    if monitor is not None:  # on training batches: their statistics are what the EMA tracks
+        row.update(monitor.check(job.model, job.data.train, row, epoch=epoch + 1))
+
+
+def _health_step_hook(monitor, model, logger, progress: Progress):
+    if monitor is None or not monitor.cfg.every_n_steps:
+        return None
+
+    def hook(i: int) -> None:  # running_var extremes between evaluations (no forward pass)
+        if (i + 1) % monitor.cfg.every_n_steps == 0:
+            logger.log(monitor.running_var_extremes(model), step=progress.step + i + 1)
+
+    return hook
+
+
+def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=SINGLE) -> None:
+    """The epochs: train, evaluate, then (rank 0) metrics.csv, W&B, one console line and a checkpoint."""
+    net, batches = wrap_model(job.model, rank), shard(job.data.train, rank)  # identity in one process
+    step_hook = _health_step_hook(monitor, job.model, logger, progress)
+    epochs, show_bar = int(cfg.train.epochs), bool(cfg.train.get("progress", True))
+    progress.started = time.time()
+    for epoch in range(progress.epoch, epochs):
+        t_epoch = time.time()
+        row = {"epoch": epoch + 1, "lr": job.schedule.lr()}
+        row.update(
+            train_one_epoch(
+                net, batches, job.loss_fn, job.optimizer, job.schedule, epoch, show_bar, step_hook=step_hook, rank=rank
+            )
+        )
+        progress.step += len(job.data.train)
+        _evaluate_epoch(cfg, job, monitor, row, epoch)
+        job.schedule.step_epoch(row)
+        row.update(step=progress.step, epoch_time=time.time() - t_epoch)
+        progress.history.append(row)
+        progress.epoch = epoch + 1
+        if rank.main:
+            rd.write_metrics(progress.history)
+            logger.log(row, step=progress.step)
+            print("[bnlab] " + format_row(row, epochs))
+            save(rd, job, progress, monitor)
+
+
+def _finish(rd: RunDir, summary: dict, progress: Progress, monitor, logger, rank, out: Outcome) -> None:
+    """Record how the run ended: summary.json (+ error.txt for a failure), the health verdict, W&B's end."""
+    if out.status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
+        logger.finish(failed=True)
+        return
+    if out.reason is not None:
+        summary["reason"] = out.reason
+    if not rank.main:
+        return
+    if out.traceback:
+        atomic_write_text(rd.error, out.traceback)
+    final = progress.history[-1] if progress.history else {}
+    summary.update(
+        status=out.status, epochs_completed=len(progress.history), step=progress.step, wall_time=progress.wall_time()
+    )
+    summary["final"] = final
+    if monitor is not None:
+        summary.update(events=monitor.events, health=monitor.describe())
+        print(f"[bnlab] {summary['health']}")
+    rd.write_summary(summary)
+    logger.summary({"status": out.status, **final})
+    logger.finish(failed=out.status != "completed")
+
+
+def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: bool, tags) -> dict:
+    """Resume, fit and finish a run whose directory this process owns."""
+    if rank.main:
+        rd.write_config(cfg)
+    monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
+    progress = resume(cfg, rd, job, monitor, rank)
+    rid = run_id(cfg)
+    logger = WandbLogger(cfg, rd.root, rid, tags, enabled=rank.main)
+    summary = {
+        "run_id": rid,
+        "study": str(cfg.study),
+        "seed": int(cfg.seed),
+        "run_dir": str(rd.root),
+        "n_params": sum(p.numel() for p in job.model.parameters()),
+        "data": job.data.info,
+        **environment(device),
+    }
+    recorded(
+        lambda: fit(cfg, job, rd, progress, monitor, logger, rank),
+        lambda out: _finish(rd, summary, progress, monitor, logger, rank, out),
+        raise_on_failure,
+    )
+    return summary
+
+
+def _already_done(cfg, rd: RunDir) -> bool:
+    previous = rd.status()
+    if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
+        print(f"[bnlab] {rd.root}: already {previous}, skipping")
+        return True
+    return False
+
+
 def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> dict:
     """Train one configuration into its run directory and return its summary.
 
     `tags` label the W&B run (a sweep passes its swept overrides, e.g. "norm.nbs=4").
     """
     validate(cfg)
-    rd = RunDir.for_config(cfg)
-    rid = run_id(cfg)
-    rank = current_rank()  # Rank(0, 1) unless this is one of the ranks spawned for train.processes > 1
-    previous = rd.status()
-    if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
-        print(f"[bnlab] {rd.root}: already {previous}, skipping")
+    rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
+    if _already_done(cfg, rd):
         return rd.summary()
     device = device_for(resolve_device(str(cfg.device)), rank)
     seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
-    data = build_data(cfg, device)
-    model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optim, model)
-    epochs = int(cfg.train.epochs)
-    schedule = Schedule(cfg.schedule, optimizer, len(data.train), epochs)
-    loss_fn = build_loss(cfg.loss, data.num_classes)
+    job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
     with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
         if not owned:
             print(f"[bnlab] {rd.root}: being trained by another process, skipping")
-            return {"run_id": rid, "run_dir": str(rd.root), "status": "running elsewhere"}
+            return {"run_id": run_id(cfg), "run_dir": str(rd.root), "status": "running elsewhere"}
         if rd.status() == "completed":  # finished by another process while this one was building
             return rd.summary()
-        processes = int(cfg.train.get("processes", 1))
-        if processes > 1 and rank.world == 1:  # this process only launches the ranks and waits for them
-            rd.write_config(cfg)
-            try:
-                spawn_ranks(cfg, processes, rd.root, raise_on_failure, tags)
-            except Exception as e:  # a rank died before writing its summary: record it, so a sweep goes on
-                if rd.status() is None:
-                    atomic_write_text(rd.error, traceback.format_exc())
-                    rd.write_summary(
-                        {
-                            "run_id": rid,
-                            "run_dir": str(rd.root),
-                            "status": "failed",
-                            "reason": f"{type(e).__name__}: {str(e).strip()[-500:]}",
-                        }
-                    )
-                if raise_on_failure:
-                    raise
-            return rd.summary()
-        if rank.main:
-            rd.write_config(cfg)
-
-        monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
-        start_epoch, step, history, wall_before = 0, 0, [], 0.0
-        if cfg.train.get("resume", True) and rd.checkpoint.exists():
-            state = load_checkpoint(rd.checkpoint)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            start_epoch, step, history = state["epoch"], state["step"], state["history"]
-            wall_before = state.get("wall_time", 0.0)
-            if monitor is not None:
-                monitor.events = state.get("health_events", [])
-            print(f"[bnlab] resuming {rd.root} from epoch {start_epoch}")
-
-        logger = WandbLogger(cfg, rd.root, rid, tags, enabled=rank.main)
-        net, train_batches = wrap_model(model, rank), shard(data.train, rank)  # identity in one process
-        summary = {
-            "run_id": rid,
-            "study": str(cfg.study),
-            "seed": int(cfg.seed),
-            "run_dir": str(rd.root),
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "data": data.info,
-            **environment(device),
-        }
-        status, t0 = "running", time.time()
-        step_hook = None
-        if monitor is not None and monitor.cfg.every_n_steps:
-
-            def step_hook(i: int) -> None:  # running_var extremes between evaluations (no forward pass)
-                if (i + 1) % monitor.cfg.every_n_steps == 0:
-                    logger.log(monitor.running_var_extremes(model), step=step + i + 1)
-
-        try:
-            for epoch in range(start_epoch, epochs):
-                t_epoch = time.time()
-                row = {"epoch": epoch + 1, "lr": schedule.lr()}
-                row.update(
-                    train_one_epoch(
-                        net,
-                        train_batches,
-                        loss_fn,
-                        optimizer,
-                        schedule,
-                        epoch,
-                        bool(cfg.train.get("progress", True)),
-                        step_hook=step_hook,
-                        rank=rank,
-                    )
-                )
-                step += len(data.train)
-                for eval_mode, suffix, samples in eval_variants(cfg.eval):
-                    for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
-                        row[f"val_{k}_{suffix}"] = v
-                if monitor is not None:
-                    row.update(
-                        monitor.check(model, data.train, row, epoch=epoch + 1)
-                    )  # training batches: what the EMA tracks
-                schedule.step_epoch(row)
-                row.update(step=step, epoch_time=time.time() - t_epoch)
-                history.append(row)
-                if not rank.main:
-                    continue
-                rd.write_metrics(history)
-                logger.log(row, step=step)
-                print("[bnlab] " + format_row(row))
-                save_checkpoint(
-                    rd.checkpoint,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    schedule=schedule.state_dict(),
-                    epoch=epoch + 1,
-                    step=step,
-                    history=history,
-                    wall_time=wall_before + time.time() - t0,
-                    health_events=monitor.events if monitor else [],
-                )
-            status = "completed"
-        except Diverged as e:
-            status, summary["reason"] = "diverged", str(e)
-        except Exception as e:
-            status, summary["reason"] = "failed", f"{type(e).__name__}: {e}"
-            if rank.main:
-                atomic_write_text(rd.error, traceback.format_exc())
-            if raise_on_failure:
-                raise
-        finally:
-            if status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
-                logger.finish(failed=True)
-            elif rank.main:
-                summary.update(
-                    status=status,
-                    epochs_completed=len(history),
-                    step=step,
-                    wall_time=wall_before + time.time() - t0,
-                    final=history[-1] if history else {},
-                )
-                if monitor is not None:
-                    summary.update(events=monitor.events, health=monitor.describe())
-                    print(f"[bnlab] {summary['health']}")
-                rd.write_summary(summary)
-                logger.summary({"status": status, **summary["final"]})
-                logger.finish(failed=status != "completed")
-        return summary
+        if int(cfg.train.get("processes", 1)) > 1 and rank.world == 1:  # this process launches the ranks
+            return launch_ranks(cfg, rd, run, raise_on_failure, tags)
+        return _train(cfg, rd, job, rank, device, raise_on_failure, tags)

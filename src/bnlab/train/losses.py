@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bnlab.config_errors import ConfigError
+from bnlab.registry import Registry
 
-LOSSES = ("cross_entropy", "bce_soft_f1")
+# name -> builder(its conf/loss/<name>.yaml keys) returning loss(logits, labels)
+LOSSES = Registry("loss", runtime=("num_classes",))
 
 
 def soft_f1(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -24,12 +25,17 @@ def bce_soft_f1(logits: torch.Tensor, labels: torch.Tensor, f1_weight: float = 1
     return F.binary_cross_entropy_with_logits(logits, targets) - f1_weight * soft_f1(torch.sigmoid(logits), targets)
 
 
+@LOSSES.register("cross_entropy")
+def cross_entropy(num_classes: int, label_smoothing: float):
+    smoothing = float(label_smoothing)
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+@LOSSES.register("bce_soft_f1")
+def bce_soft_f1_loss(num_classes: int, f1_weight: float):
+    weight = float(f1_weight)
+    return lambda logits, y: bce_soft_f1(logits, y, weight)
+
+
 def build_loss(cfg, num_classes: int):
-    name = cfg.get("name")
-    if name == "cross_entropy":
-        smoothing = float(cfg.get("label_smoothing", 0.0))
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
-    if name == "bce_soft_f1":
-        weight = float(cfg.get("f1_weight", 1.0))
-        return lambda logits, y: bce_soft_f1(logits, y, weight)
-    raise ConfigError("loss.name", f"unknown loss {name!r}", allowed=LOSSES)
+    return LOSSES.build(cfg, num_classes=num_classes)

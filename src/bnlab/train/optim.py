@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from bnlab.config_errors import ConfigError
+from bnlab.registry import Registry
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "linear", "step", "plateau", "exponential")
+# an optimizer gets the model (for its parameter groups) and its conf/optim/<name>.yaml keys
+OPTIMIZERS = Registry("optim", runtime=("model",))
+# a schedule gets the run's length and its conf/schedule/<name>.yaml keys; it returns the LR factor per batch step
+# (step -> multiplier of optim.lr), or a Plateau to step on an evaluated metric
+SCHEDULES = Registry("schedule", runtime=("steps_per_epoch", "epochs"))
 
 
 def _param_groups(model, weight_decay: float, norm_weight_decay: float | None):
@@ -26,21 +30,83 @@ def _param_groups(model, weight_decay: float, norm_weight_decay: float | None):
     ]
 
 
+@OPTIMIZERS.register("sgd")
+def sgd(model, lr: float, momentum: float, nesterov: bool, weight_decay: float, norm_weight_decay: float | None):
+    groups = _param_groups(model, float(weight_decay), norm_weight_decay)
+    return torch.optim.SGD(groups, lr=float(lr), momentum=float(momentum), nesterov=bool(nesterov))
+
+
+@OPTIMIZERS.register("adam")
+def adam(model, lr: float, betas, eps: float, weight_decay: float, norm_weight_decay: float | None):
+    groups = _param_groups(model, float(weight_decay), norm_weight_decay)
+    return torch.optim.Adam(groups, lr=float(lr), betas=tuple(betas), eps=float(eps))
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(model, lr: float, betas, eps: float, weight_decay: float, norm_weight_decay: float | None):
+    groups = _param_groups(model, float(weight_decay), norm_weight_decay)  # decoupled decay (Loshchilov & Hutter)
+    return torch.optim.AdamW(groups, lr=float(lr), betas=tuple(betas), eps=float(eps))
+
+
 def build_optimizer(cfg, model) -> torch.optim.Optimizer:
-    name = cfg.get("name")
-    groups = _param_groups(model, float(cfg.get("weight_decay", 0.0)), cfg.get("norm_weight_decay"))
-    lr = float(cfg.lr)
-    if name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)), nesterov=bool(cfg.get("nesterov", False))
-        )
-    if name == "adam":
-        return torch.optim.Adam(
-            groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8))
-        )
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
-    raise ConfigError("optim.name", f"unknown optimizer {name!r}", allowed=OPTIMIZERS)
+    return OPTIMIZERS.build(cfg, model=model)
+
+
+def _warmup(warmup_epochs: float, steps_per_epoch: int) -> int:
+    return int(round(float(warmup_epochs) * steps_per_epoch))
+
+
+def _warm(step: int, warmup: int) -> float | None:
+    """Linear warm-up factor during the first `warmup` steps, None after."""
+    return (step + 1) / warmup if step < warmup else None
+
+
+@SCHEDULES.register("constant")
+def constant(steps_per_epoch: int, epochs: int, warmup_epochs: float):
+    warmup = _warmup(warmup_epochs, steps_per_epoch)
+    return lambda s: _warm(s, warmup) or 1.0
+
+
+@SCHEDULES.register("cosine")
+def cosine(steps_per_epoch: int, epochs: int, warmup_epochs: float, final_factor: float):
+    total, warmup, final = max(1, steps_per_epoch * epochs), _warmup(warmup_epochs, steps_per_epoch), final_factor
+    return lambda s: (
+        _warm(s, warmup) or final + (1 - final) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    )
+
+
+@SCHEDULES.register("linear")
+def linear(steps_per_epoch: int, epochs: int, warmup_epochs: float, final_factor: float):
+    # linear warm-up then linear decay (the Myrtle post's schedule)
+    total, warmup, final = max(1, steps_per_epoch * epochs), _warmup(warmup_epochs, steps_per_epoch), final_factor
+    return lambda s: _warm(s, warmup) or final + (1 - final) * max(0.0, 1 - (s - warmup) / max(1, total - warmup))
+
+
+@SCHEDULES.register("step")
+def step(steps_per_epoch: int, epochs: int, warmup_epochs: float, milestones, gamma: float):
+    warmup = _warmup(warmup_epochs, steps_per_epoch)
+    steps = [int(m * steps_per_epoch) for m in milestones]
+    return lambda s: _warm(s, warmup) or float(gamma) ** sum(s >= m for m in steps)
+
+
+@SCHEDULES.register("exponential")
+def exponential(steps_per_epoch: int, epochs: int, gamma: float):
+    # LR stress test: lr grows/decays by `gamma` per epoch
+    return lambda s: float(gamma) ** (s / steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class Plateau:
+    monitor: str
+    factor: float
+    patience: int
+    min_lr: float
+
+
+@SCHEDULES.register("plateau")
+def plateau(steps_per_epoch: int, epochs: int, monitor: str, factor: float, patience: int, min_lr: float) -> Plateau:
+    # patience counts "epochs" (evaluations), as in the forum thread
+    return Plateau(str(monitor), float(factor), int(patience), float(min_lr))
 
 
 class Schedule:
@@ -48,49 +114,16 @@ class Schedule:
 
     def __init__(self, cfg, optimizer, steps_per_epoch: int, epochs: int):
         self.name = cfg.get("name")
-        if self.name not in SCHEDULES:
-            raise ConfigError("schedule.name", f"unknown schedule {self.name!r}", allowed=SCHEDULES)
         self.optimizer = optimizer
-        self.total = max(1, steps_per_epoch * epochs)
-        self.warmup = int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+        shape = SCHEDULES.build(cfg, steps_per_epoch=steps_per_epoch, epochs=epochs)
         self.plateau = None
-        if self.name == "plateau":  # patience counts "epochs" (evaluations), as in the forum thread
-            self.monitor = cfg.get("monitor", "val_loss_running")
+        if isinstance(shape, Plateau):
+            self.monitor = shape.monitor
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                mode="min",
-                factor=float(cfg.get("factor", 0.2)),
-                patience=int(cfg.get("patience", 30)),
-                min_lr=float(cfg.get("min_lr", 0.0)),
+                optimizer, mode="min", factor=shape.factor, patience=shape.patience, min_lr=shape.min_lr
             )
-            factor = lambda step: 1.0
-        else:
-            factor = self._factor_fn(cfg, steps_per_epoch)
-        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-    def _factor_fn(self, cfg, steps_per_epoch):
-        total, warmup = self.total, self.warmup
-        final = float(cfg.get("final_factor", 0.0))
-
-        def warm(step):
-            return (step + 1) / warmup if step < warmup else None
-
-        if self.name == "constant":
-            return lambda s: warm(s) or 1.0
-        if self.name == "cosine":
-            return lambda s: (
-                warm(s) or final + (1 - final) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-            )
-        if self.name == "linear":  # linear warm-up then linear decay (the Myrtle post's schedule)
-            return lambda s: warm(s) or final + (1 - final) * max(0.0, 1 - (s - warmup) / max(1, total - warmup))
-        if self.name == "step":
-            milestones = [int(m * steps_per_epoch) for m in cfg.get("milestones", [])]
-            gamma = float(cfg.get("gamma", 0.1))
-            return lambda s: warm(s) or gamma ** sum(s >= m for m in milestones)
-        if self.name == "exponential":  # LR stress test: lr grows/decays by `gamma` per epoch
-            gamma = float(cfg.get("gamma", 1.0))
-            return lambda s: gamma ** (s / steps_per_epoch)
-        raise AssertionError(self.name)
+            shape = lambda step: 1.0
+        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
     def step_batch(self) -> None:
         self.lambda_lr.step()

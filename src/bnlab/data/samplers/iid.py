@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from bnlab.utils.seeding import epoch_seed
+
 
 class IIDBatchSampler:
     def __init__(
@@ -30,7 +32,7 @@ class IIDBatchSampler:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         emitted, order, pos = 0, torch.randperm(self.n, generator=gen), 0
         while emitted < len(self):
             if pos + self.batch_size > self.n and (self.drop_last or self.batches_per_epoch):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bnlab.config_errors import ConfigError
+from bnlab.utils.seeding import epoch_seed
 
 INTERLEAVES = ("none", "contiguous", "strided")
 
@@ -96,7 +97,7 @@ class LabelPairBatchSampler:
         return groups.reshape(-1).tolist()  # label-major (none, strided)
 
     def __iter__(self):
-        rng = np.random.default_rng(self.seed * 1_000_003 + self.epoch)
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch))
         # each label's images are dealt from its own shuffled deck, reshuffled when fewer than m remain,
         # so the m images of a group are distinct and images of a label are used evenly
         decks = [rng.permutation(idx) for idx in self.members]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from bnlab.config_errors import ConfigError
+from bnlab.utils.seeding import epoch_seed
 
 WEIGHTINGS = ("balanced", "inverse_power")
 
@@ -80,6 +81,6 @@ class OversampledBatchSampler:
         return self.batches_per_epoch or max(1, self.n // self.batch_size)
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         draws = torch.multinomial(self.sample_weights, len(self) * self.batch_size, replacement=True, generator=gen)
         yield from draws.view(len(self), self.batch_size).tolist()

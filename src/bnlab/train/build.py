@@ -1,0 +1,43 @@
+"""`build(cfg, device)`: what one run trains, from its config (as pycls's core/builders.py).
+
+Data, model (with its norm layers), optimizer, LR schedule and loss, in this order (the order draws from the
+seeded RNG, so it is part of a run's reproducibility). The training loop, `bnlab health` and tests share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bnlab.data import DataBundle, build_data
+from bnlab.models import build_model
+from bnlab.norm import build_norm
+from bnlab.train.losses import build_loss
+from bnlab.train.optim import Schedule, build_optimizer
+
+
+@dataclass
+class Built:
+    data: DataBundle
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loss_fn: Callable
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available (use device=cpu or auto)")
+    return name
+
+
+def build(cfg, device: str = "cpu") -> Built:
+    data = build_data(cfg, device)
+    model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg.optim, model)
+    schedule = Schedule(cfg.schedule, optimizer, len(data.train), int(cfg.train.epochs))
+    return Built(data, model, optimizer, schedule, build_loss(cfg.loss, data.num_classes))

@@ -1,0 +1,100 @@
+"""The package's shape: no import cycles inside src/bnlab, and every console script resolves to a callable."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bnlab import REPO_ROOT
+
+SRC = REPO_ROOT / "src"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((SRC / "bnlab").rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> bnlab modules it imports, at module level or inside a function (a lazy import is still a cycle)."""
+    modules, graph = _modules(), {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("bnlab"):
+                for a in node.names:  # `from bnlab.x import y`: the submodule bnlab.x.y if there is one, else bnlab.x
+                    edges.add(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return path[path.index(w) :] + [w]
+            if w not in state and (cycle := visit(w)):
+                return cycle
+        state[v] = 2
+        path.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (cycle := visit(v)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles_in_bnlab():
+    graph = import_graph()
+    assert "bnlab.train.loop" in graph and graph["bnlab.train.loop"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _console_scripts() -> dict[str, str]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(_console_scripts()))
+def test_console_script_resolves_to_a_callable(script):
+    module, _, attr = _console_scripts()[script].partition(":")
+    target = importlib.import_module(module)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    assert callable(target), f"{script} -> {module}:{attr} is not callable"
+
+
+def test_the_ten_ways_table_points_at_real_code():
+    import bnlab.norm
+
+    rows = [line for line in bnlab.norm.__doc__.splitlines() if re.match(r"\| \w.*\| \w+\.py:\w+", line)]
+    assert len(rows) == 10, rows
+    missing = []
+    for row in rows:
+        module, symbol = re.search(r"\| (\w+)\.py:(\w+)", row).groups()
+        if not (SRC / "bnlab" / "norm" / f"{module}.py").exists():
+            missing.append(module)
+            continue
+        assert hasattr(importlib.import_module(f"bnlab.norm.{module}"), symbol), row
+    assert set(missing) <= {"ghost"}  # norm/ghost.py arrives with the perf branch; drop this allowance at merge
