@@ -200,8 +200,12 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 )
                 step += len(data.train)
                 for eval_mode, suffix, samples in eval_variants(cfg.eval):
-                    for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
+                    val = data.val_batch if eval_mode == "batch" and data.val_batch is not None else data.val
+                    for k, v in evaluate(model, val, loss_fn, eval_mode, data.train, samples).items():
                         row[f"val_{k}_{suffix}"] = v
+                if data.train_eval is not None:  # Ioffe 2017 sec. 4.4's train accuracy: eval mode, training images
+                    for k, v in evaluate(model, data.train_eval, loss_fn, "running").items():
+                        row[f"train_{k}_running"] = v
                 if monitor is not None:
                     row.update(
                         monitor.check(model, data.train, row, epoch=epoch + 1)
