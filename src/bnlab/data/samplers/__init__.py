@@ -27,15 +27,17 @@ def build_batch_sampler(cfg, labels, batch_size: int, seed: int, batches_per_epo
 
 def build_eval_sampler(cfg, labels, batch_size: int, seed: int):
     """Validation batches from `eval.sampler` (absent = sequential). label_pairs draws about one pass of
-    k*m-image batches (Ioffe 2017 evaluates BN in training mode on 25 x 2 = 50), the same every epoch;
-    `batch_size` (eval.batch_size) must equal k*m."""
+    k*m-image batches (Ioffe 2017 evaluates BN in training mode on 25 x 2 = 50), the same every epoch, from the
+    labels that have m validation images; `batch_size` (eval.batch_size) must equal k*m."""
     name = cfg.get("name", "sequential") if cfg is not None else "sequential"
     if name == "sequential":
         return SequentialBatchSampler(len(labels), batch_size)
     if name == "label_pairs":
         kwargs = {k: v for k, v in cfg.items() if k != "name"}
         n_batches = max(1, -(-len(labels) // batch_size))  # about one pass over the validation set
-        return LabelPairBatchSampler(labels, batch_size, seed, n_batches, prefix="eval.sampler", **kwargs)
+        return LabelPairBatchSampler(
+            labels, batch_size, seed, n_batches, prefix="eval.sampler", drop_small_labels=True, **kwargs
+        )
     raise ConfigError("eval.sampler.name", f"unknown eval sampler {name!r}", allowed=EVAL_SAMPLERS)
 
 
