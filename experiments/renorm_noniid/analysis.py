@@ -62,8 +62,10 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "test_acc_train_mode": "test, batch statistics of 25 x 2 batches",
     }
     fig, axes = new_figure(ncols=len(panels))
+    colors = dict(zip(ARMS.values(), ("C0", "C2", "C3", "C1")))  # one colour per arm in every panel
     for ax, m in zip(axes[0], panels):
-        mean_curves(ax, curves.dropna(subset=[m]), "step", m, "arm")
+        for arm, group in curves.dropna(subset=[m]).groupby("arm"):
+            mean_curves(ax, group, "step", m, "arm", color=colors[arm])
         ax.set(xlabel="training step", ylabel="accuracy (%)", title=titles[m])
     axes[0][0].legend()
     written += save_figure(fig, out, "renorm_noniid_accuracy_vs_step")
