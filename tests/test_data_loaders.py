@@ -126,7 +126,8 @@ def test_eval_label_pairs_sampler_through_build_data():
     cfg = compose_cfg(["data=synthetic", "train.batch_size=32", "eval.sampler.name=label_pairs", "eval.batch_size=50"])
     validate(cfg)
     data = build_data(cfg)
-    batches = list(data.val)
+    assert torch.equal(torch.cat([y for _, y in data.val]), data.val.labels)  # EMA evaluation: each image once
+    batches = list(data.val_batch)  # batch-statistics evaluation: label-pair batches
     assert len(batches) == -(-512 // 50) and all(len(y) == 50 for _, y in batches)
     for _, y in batches:  # 25 groups of 2 same-label images, adjacent
         assert torch.equal(y[0::2], y[1::2])

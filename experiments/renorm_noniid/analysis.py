@@ -1,4 +1,4 @@
-"""C3 analysis: the paper's table (train and test accuracy per arm) and accuracy-vs-step curves."""
+"""C3 analysis: the paper's measures per arm (table) and their curves over training (figure)."""
 
 from __future__ import annotations
 
@@ -20,42 +20,53 @@ SOURCE = {
     "brn": "78.5 (120k)",
     "iid": "78.3",
 }
+# column -> (table header, 1 - this error column in runs/epochs)
+MEASURES = {
+    "train_acc": ("train acc (eval mode, EMA)", "train_err_running"),
+    "test_acc": ("test acc (EMA, each image once)", "val_err_running"),
+    "test_acc_train_mode": ("test acc, training mode on 25 x 2 batches", "val_err_batch"),
+    "train_acc_batch": ("train acc during training (batch stats)", "train_err"),
+}
+
+
+def _accuracies(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    out = df.copy()
+    present = [m for m, (_, err) in MEASURES.items() if err in out]
+    for m in present:
+        out[m] = 1 - out[MEASURES[m][1]]
+    return out, present
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"].copy()
-    done["test_acc"] = 1 - done["val_err_running"]
-    done["train_acc"] = 1 - done["train_err"]
-    metrics = ["train_acc", "test_acc"]
-    if "val_err_batch" in done:
-        done["test_acc_train_mode"] = 1 - done["val_err_batch"]
-        metrics.append("test_acc_train_mode")
+    done, metrics = _accuracies(runs[runs["status"] == "completed"])
     agg = aggregate(done, ["arm"], metrics)
     agg = agg.set_index("arm").reindex([a for a in ARMS if a in set(agg["arm"])]).reset_index()
     table = mean_std_cells(agg, metrics)
     table["paper test top-1"] = table["arm"].map(SOURCE)
     table["arm"] = table["arm"].map(ARMS)
-    table = table.rename(
-        columns={
-            "train_acc": "train acc (batch stats)",
-            "test_acc": "test acc (EMA)",
-            "test_acc_train_mode": "test acc, training mode on 25 x 2 batches",
-        }
-    )
+    table = table.rename(columns={m: MEASURES[m][0] for m in metrics})
     written = write_table(
         table,
         out,
         "renorm_noniid_table",
-        "Accuracy (%), mean ± std over seeds; batches of "
-        "16 label draws x 2 images. Paper: Inception v3 / ImageNet (Ioffe 2017, sec. 4.4).",
+        "Accuracy (%), mean ± std over seeds, at the end of training; batches of 16 label draws x 2 images "
+        "(glyphs, 500 classes). Paper: Inception v3 / ImageNet (Ioffe 2017, sec. 4.4).",
     )
     curves = epochs.join(done.set_index("run_id")["arm"], on="run_id", how="inner")
+    curves, present = _accuracies(curves)
     curves["arm"] = curves["arm"].map(ARMS)
-    curves["test_acc"] = 1 - curves["val_err_running"]
-    fig, axes = new_figure()
-    ax = axes[0][0]
-    mean_curves(ax, curves, "step", "test_acc", "arm")
-    ax.set(xlabel="training step", ylabel="test accuracy (%), EMA statistics", title="non-i.i.d. 16 x 2 batches")
-    ax.legend()
+    panels = [m for m in ("test_acc", "train_acc", "test_acc_train_mode") if m in present]
+    titles = {
+        "test_acc": "test, EMA statistics (each image once)",
+        "train_acc": "training images, eval mode (the paper's train accuracy)",
+        "test_acc_train_mode": "test, batch statistics of 25 x 2 batches",
+    }
+    fig, axes = new_figure(ncols=len(panels))
+    colors = dict(zip(ARMS.values(), ("C0", "C2", "C3", "C1")))  # one colour per arm in every panel
+    for ax, m in zip(axes[0], panels):
+        for arm, group in curves.dropna(subset=[m]).groupby("arm"):
+            mean_curves(ax, group, "step", m, "arm", color=colors[arm])
+        ax.set(xlabel="training step", ylabel="accuracy (%)", title=titles[m])
+    axes[0][0].legend()
     written += save_figure(fig, out, "renorm_noniid_accuracy_vs_step")
     return written

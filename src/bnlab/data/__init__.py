@@ -18,8 +18,14 @@ from bnlab.data.cifar import load_cifar
 from bnlab.data.device_loader import DeviceLoader
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.data.glyphs import load_glyphs
 from bnlab.data.imbalance import imbalance_indices
-from bnlab.data.samplers import build_batch_sampler, build_eval_sampler, validate_sampler_config
+from bnlab.data.samplers import (
+    SequentialBatchSampler,
+    build_batch_sampler,
+    build_eval_sampler,
+    validate_sampler_config,
+)
 from bnlab.data.synthetic import make_synthetic
 from bnlab.data.worker_loader import WorkerLoader
 from bnlab.registry import Registry
@@ -55,6 +61,12 @@ def synthetic(n_train: int, n_test: int, num_classes: int, channels: int, image_
                           int(seed))  # fmt: skip
 
 
+@DATASETS.register("glyphs")
+def glyphs(num_classes, train_per_class: int, test_per_class: int, holdout_style, min_distance: float, jitter,
+           seed: int, cache_dir, image_size: int = 28):  # fmt: skip
+    return load_glyphs(dict(locals()))  # rendered from matplotlib's DejaVu fonts, cached (data/glyphs.py)
+
+
 @dataclass
 class Streamed:
     """An image-folder dataset decoded by DataLoader workers: its keys, read when the loaders are built."""
@@ -71,11 +83,13 @@ def imagenette(root, download: bool, variant: str, image_size: int, num_workers:
 @dataclass
 class DataBundle:
     train: DeviceLoader | WorkerLoader
-    val: DeviceLoader | WorkerLoader
+    val: DeviceLoader | WorkerLoader  # every validation image once
     num_classes: int
     in_channels: int
     image_size: int
     info: dict = field(default_factory=dict)  # sizes and normalization constants, recorded in summary.json
+    val_batch: DeviceLoader | WorkerLoader | None = None  # eval.sampler's batches, for eval mode "batch"
+    train_eval: DeviceLoader | None = None  # eval.train_images training images, unaugmented, each once
 
 
 def channel_stats(images_uint8: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -121,6 +135,10 @@ def _check_enough_images(cfg, n_train: int) -> None:
 
 
 def _samplers(cfg, train_y, val_y):
+    """(training sampler, every validation image once, eval.sampler's batches or None when sequential).
+
+    Only batch-statistics evaluation depends on how validation batches are formed; EMA, Precise and Adaptive BN
+    evaluate each image once whatever eval.sampler says."""
     _check_enough_images(cfg, len(train_y))
     tcfg = cfg.train
     train_sampler = build_batch_sampler(
@@ -129,7 +147,9 @@ def _samplers(cfg, train_y, val_y):
     eval_bs = int(cfg.eval.get("batch_size") or tcfg.batch_size)
     # eval batches are fixed by the data split, not the run seed: every arm is validated on the same batches
     val_sampler = build_eval_sampler(cfg.eval.get("sampler"), val_y, eval_bs, int(cfg.data.get("split_seed", 0)))
-    return train_sampler, val_sampler
+    if isinstance(val_sampler, SequentialBatchSampler):
+        return train_sampler, val_sampler, None
+    return train_sampler, SequentialBatchSampler(len(val_y), eval_bs), val_sampler
 
 
 def _info(name, train_y, val_y, num_classes, mean, std, **extra) -> dict:
@@ -151,11 +171,24 @@ def _build_in_memory(cfg, device, source) -> DataBundle:
 
     mean, std = channel_stats(train_x)
     augment = BatchAugment(int(dcfg.get("crop_padding", 0)), bool(dcfg.get("flip", False)))
-    train_sampler, val_sampler = _samplers(cfg, train_y, val_y)
+    train_sampler, val_sampler, val_batch_sampler = _samplers(cfg, train_y, val_y)
     train = DeviceLoader(train_x, train_y, train_sampler, mean, std, augment, seed=int(cfg.seed), device=device)
     val = DeviceLoader(val_x, val_y, val_sampler, mean, std, device=device)
+    val_batch = None
+    if val_batch_sampler is not None:
+        val_batch = DeviceLoader(val_x, val_y, val_batch_sampler, mean, std, device=device)
+    train_eval = None
+    n_train_eval = int(cfg.eval.get("train_images", 0) or 0)
+    if n_train_eval:  # a fixed seeded subset, the same for every run and arm of this data config
+        idx = _subset(torch.arange(len(train_y)), n_train_eval, int(dcfg.get("split_seed", 0)) + 4)
+        eval_bs = int(cfg.eval.get("batch_size") or cfg.train.batch_size)
+        train_eval = DeviceLoader(
+            train_x[idx], train_y[idx], SequentialBatchSampler(len(idx), eval_bs), mean, std, device=device
+        )
     info = _info(dcfg.name, train_y, val_y, num_classes, mean, std)
-    return DataBundle(train, val, num_classes, train_x.shape[1], train_x.shape[-1], info)
+    return DataBundle(
+        train, val, num_classes, train_x.shape[1], train_x.shape[-1], info, val_batch=val_batch, train_eval=train_eval
+    )
 
 
 def _build_imagenette(cfg, device) -> DataBundle:
@@ -175,22 +208,34 @@ def _build_imagenette(cfg, device) -> DataBundle:
 
     n_stats = int(dcfg.get("stats_images", 1000))
     mean, std = inet.channel_stats_of(train_plain, train_idx, n_stats, int(dcfg.get("split_seed", 0)), workers)
-    train_sampler, val_sampler = _samplers(cfg, train_y, val_y)
+    train_sampler, val_sampler, val_batch_sampler = _samplers(cfg, train_y, val_y)
     train_ds, val_ds = Subset(train_aug, train_idx.tolist()), Subset(val_set, val_idx.tolist())
     train = WorkerLoader(train_ds, train_sampler, mean, std, seed=int(cfg.seed), device=device, num_workers=workers)
     val = WorkerLoader(val_ds, val_sampler, mean, std, device=device, num_workers=workers)
+    val_batch = None
+    if val_batch_sampler is not None:
+        val_batch = WorkerLoader(val_ds, val_batch_sampler, mean, std, device=device, num_workers=workers)
     info = _info("imagenette", train_y, val_y, num_classes, mean, std, norm_stats_images=min(n_stats, len(train_idx)))
-    return DataBundle(train, val, num_classes, 3, size, info)
+    return DataBundle(train, val, num_classes, 3, size, info, val_batch=val_batch)
 
 
 def validate_data_config(cfg) -> None:
     """Data and sampler checks that need no files (called from bnlab.config.validate); the rest fail on load."""
     dcfg = cfg.data
     DATASETS.check(dcfg, shared=SHARED_KEYS)
-    for key in ("image_size", "holdout", "stats_images", "n_train", "n_test", "num_classes", "channels"):
+    keys = ("image_size", "holdout", "stats_images", "n_train", "n_test", "num_classes", "channels")
+    for key in (*keys, "train_per_class", "test_per_class"):
         v = dcfg.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ConfigError(f"data.{key}", f"must be a positive integer, got {v!r}")
+    n = cfg.get("eval", {}).get("train_images", 0)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise ConfigError("eval.train_images", f"must be a non-negative integer (0 = off), got {n!r}")
+    if dcfg.get("name") == "glyphs" and dcfg.get("holdout_style") is not None:
+        from bnlab.data.glyphs import STYLES
+
+        if dcfg.holdout_style not in STYLES:
+            raise ConfigError("data.holdout_style", f"got {dcfg.holdout_style!r}", allowed=STYLES)
     workers = dcfg.get("num_workers", 0)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError("data.num_workers", f"must be a non-negative integer, got {workers!r}")

@@ -63,9 +63,14 @@ def train_one_epoch(
 
 def _evaluate_epoch(cfg, job: Built, monitor, row: dict, epoch: int) -> None:
     """Validation in every configured mode, then the BN health check, into the epoch's row."""
+    data = job.data
     for eval_mode, suffix, samples in eval_variants(cfg.eval):
-        for k, v in evaluate(job.model, job.data.val, job.loss_fn, eval_mode, job.data.train, samples).items():
+        val = data.val_batch if eval_mode == "batch" and data.val_batch is not None else data.val
+        for k, v in evaluate(job.model, val, job.loss_fn, eval_mode, data.train, samples).items():
             row[f"val_{k}_{suffix}"] = v
+    if data.train_eval is not None:  # Ioffe 2017 sec. 4.4's train accuracy: eval mode, training images
+        for k, v in evaluate(job.model, data.train_eval, job.loss_fn, "running").items():
+            row[f"train_{k}_running"] = v
     if monitor is not None:  # on training batches: their statistics are what the EMA tracks
         row.update(monitor.check(job.model, job.data.train, row, epoch=epoch + 1))
 

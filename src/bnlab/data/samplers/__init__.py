@@ -6,6 +6,8 @@ Every sampler takes (labels, batch_size, seed, batches_per_epoch, **its config k
 
 from __future__ import annotations
 
+import functools
+
 from bnlab.config_errors import ConfigError
 from bnlab.data.samplers.iid import IIDBatchSampler, SequentialBatchSampler
 from bnlab.data.samplers.label_pairs import LabelPairBatchSampler, check_label_pair_config
@@ -27,7 +29,8 @@ def sequential(labels, batch_size: int, seed: int, batches_per_epoch: int, prefi
     return SequentialBatchSampler(len(labels), batch_size)
 
 
-EVAL_SAMPLERS.register("label_pairs", LabelPairBatchSampler)
+# a validation subset may leave a label with one image: draw only labels that can fill a pair
+EVAL_SAMPLERS.register("label_pairs", functools.partial(LabelPairBatchSampler, drop_small_labels=True))
 
 
 def build_batch_sampler(cfg, labels, batch_size: int, seed: int, batches_per_epoch: int | None = None):
@@ -36,8 +39,8 @@ def build_batch_sampler(cfg, labels, batch_size: int, seed: int, batches_per_epo
 
 def build_eval_sampler(cfg, labels, batch_size: int, seed: int):
     """Validation batches from `eval.sampler` (absent = sequential). label_pairs draws about one pass of
-    k*m-image batches (Ioffe 2017 evaluates BN in training mode on 25 x 2 = 50), the same every epoch;
-    `batch_size` (eval.batch_size) must equal k*m."""
+    k*m-image batches (Ioffe 2017 evaluates BN in training mode on 25 x 2 = 50), the same every epoch, from the
+    labels that have m validation images; `batch_size` (eval.batch_size) must equal k*m."""
     cfg = _eval_sampler_cfg(cfg)
     n_batches = max(1, -(-len(labels) // batch_size))  # about one pass over the validation set
     make = EVAL_SAMPLERS.partial(cfg, "eval.sampler", shared=_SEQUENTIAL_IGNORES)

@@ -55,6 +55,7 @@ class LabelPairBatchSampler:
         distinct_labels: bool = False,
         interleave: str = "none",
         prefix: str = "sampler",  # config path named in errors (the eval sampler lives under eval.sampler)
+        drop_small_labels: bool = False,  # never draw labels with fewer than m images (evaluation on a subset)
     ):
         check_label_pair_config(
             {"labels_per_batch": labels_per_batch, "images_per_label": images_per_label, "interleave": interleave},
@@ -71,6 +72,11 @@ class LabelPairBatchSampler:
         self.epoch = 0
         self.classes = np.unique(labels)  # only labels present in the data can be drawn
         self.members = [np.flatnonzero(labels == c) for c in self.classes]
+        if drop_small_labels:
+            keep = [i for i, idx in enumerate(self.members) if len(idx) >= self.m]
+            if not keep:
+                raise ConfigError(f"{prefix}.images_per_label", f"no label has {self.m} images")
+            self.classes, self.members = self.classes[keep], [self.members[i] for i in keep]
         small = {int(c): len(idx) for c, idx in zip(self.classes, self.members) if len(idx) < self.m}
         if small:
             raise ConfigError(
