@@ -62,7 +62,7 @@ def synthetic(n_train: int, n_test: int, num_classes: int, channels: int, image_
 
 
 @DATASETS.register("glyphs")
-def glyphs(num_classes, train_per_class: int, test_per_class: int, holdout_style, min_distance: float, jitter,
+def rendered_glyphs(num_classes, train_per_class: int, test_per_class: int, holdout_style, min_distance: float, jitter,
            seed: int, cache_dir, image_size: int = 28):  # fmt: skip
     return load_glyphs(dict(locals()))  # rendered from matplotlib's DejaVu fonts, cached (data/glyphs.py)
 
