@@ -9,7 +9,7 @@ from torch import nn
 from bnlab.config_errors import ConfigError
 from bnlab.norm.batchnorm import BatchNorm2d
 from bnlab.norm.frozen import FrozenBatchNorm2d
-from bnlab.norm.renorm import BatchRenorm2d
+from bnlab.norm.renorm import BatchRenorm2d, schedule_steps
 from bnlab.norm.separate import SeparateBatchNorm2d
 
 NormFactory = Callable[[int], nn.Module]
@@ -29,14 +29,16 @@ def _batch(cfg) -> NormFactory:
 
 
 def _renorm(cfg) -> NormFactory:
+    momentum, unit = cfg.get("momentum", 0.01), cfg.get("schedule_unit", "steps")
     kw = {
         "eps": cfg.get("eps", 1e-5),
-        "momentum": cfg.get("momentum", 0.01),
+        "momentum": momentum,
         "r_max": cfg.get("r_max", 3.0),
         "d_max": cfg.get("d_max", 5.0),
-        "warmup_steps": cfg.get("warmup_steps", 5000),
-        "r_max_full_at": cfg.get("r_max_full_at", 40000),
-        "d_max_full_at": cfg.get("d_max_full_at", 25000),
+        # schedule points in steps or in EMA time constants 1/momentum (schedule_unit: ema_tau)
+        "warmup_steps": schedule_steps(cfg.get("warmup_steps", 5000), unit, momentum),
+        "r_max_full_at": schedule_steps(cfg.get("r_max_full_at", 40000), unit, momentum),
+        "d_max_full_at": schedule_steps(cfg.get("d_max_full_at", 25000), unit, momentum),
         "nbs": cfg.get("nbs"),
         "ghost_layout": cfg.get("ghost_layout", "contiguous"),
     }
