@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -110,3 +111,65 @@ def test_adaptive_bn_updates_only_the_active_domain_of_separate_bn():
     torch.testing.assert_close(layer.domains[1].running_var, var, **TOL)
     assert torch.equal(layer.domains[0].running_mean, torch.zeros(3, dtype=torch.float64))
     assert layer.domain == 0
+
+
+def _deep_net(norm):
+    """Three norm layers in a chain, running statistics far from the data's, so stale statistics would show."""
+    torch.manual_seed(2)
+    layers = []
+    for c_in, c_out in [(3, 4), (4, 5), (5, 3)]:
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), norm(c_out), nn.ReLU()]
+    net = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-3, 3), m.running_var.uniform_(0.1, 5)
+                m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+    return net
+
+
+def _eval_inputs(net, x):
+    """Each norm layer's input in the evaluated (eval-mode) network, by hooks."""
+    seen = {}
+    handles = [
+        m.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+        for i, m in enumerate(net)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+NORMS = {
+    "bn": lambda c: nn.BatchNorm2d(c),
+    "bnlab_bn_running": lambda c: BatchNorm2d(c, train_stats="running"),  # normalizes by running stats in training
+    # constant, wide limits: r, d from the running statistics are never clipped, so a pass in plain training mode
+    # normalizes by the old running statistics
+    "brn": lambda c: BatchRenorm2d(c, r_max=1e6, d_max=1e6, warmup_steps=0, r_max_full_at=0, d_max_full_at=0),
+    "brn_warm": lambda c: BatchRenorm2d(c, warmup_steps=0, r_max_full_at=1, d_max_full_at=1),  # clipped r, d
+}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_running_statistics_are_those_of_the_evaluated_network(norm):
+    """After precise_bn each layer's running mean/var are the mean/var of its input in the eval-mode network.
+
+    Every batch holds the same samples (permuted), so batch statistics equal population statistics and the
+    training-mode pass sees exactly the evaluated network: equality holds to rounding, layer after layer."""
+    net, x = _deep_net(NORMS[norm]), _dataset()
+    g = torch.Generator().manual_seed(3)
+    batches = [x, x.flip(0), x[torch.randperm(len(x), generator=g)]]
+    precise_bn(net, batches, num_samples=10_000)
+    inputs = _eval_inputs(net, x)
+    assert len(inputs) == 3
+    for i, xi in inputs.items():
+        var, mean = torch.var_mean(xi, dim=(0, 2, 3), correction=0)
+        torch.testing.assert_close(net[i].running_mean, mean, **TOL)
+        torch.testing.assert_close(net[i].running_var, var, **TOL)
+    # the pass's settings are restored
+    assert all(m.r_max > 1 for m in net if isinstance(m, BatchRenorm2d))
+    assert all(m.train_stats == "running" for m in net if isinstance(m, BatchNorm2d) and norm == "bnlab_bn_running")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab.results.figures import mean_curves, new_figure, save_figure
-from bnlab.results.tables import write_table
+from bnlab.results.tables import mean_std_text, write_table
 
 ARM_ORDER = ["bn_lr3e-4", "bn_lr6e-5", "bn_eps0.1", "brn", "groupnorm"]
 CURVES = {
@@ -51,7 +51,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         }
         for m in ("val_loss_running", "val_loss_batch", "val_loss_precise", "val_err_running", "val_err_precise"):
             if m in d:
-                row[f"final {m}"] = f"{d[m].mean():.3f} ± {d[m].std(ddof=1) if len(d) > 1 else 0:.3f}"
+                row[f"final {m}"] = mean_std_text(d[m].mean(), d[m].std(ddof=1), int(d[m].notna().sum()), 3)
         rows.append(row)
     written = write_table(
         pd.DataFrame(rows),
