@@ -18,7 +18,7 @@ SOURCE = {
 }
 # the paper's recovery fraction (BRN_4 - BN_4) / (BN_32 - BN_4); BN_4 is its 210k-step number
 SOURCE_RECOVERY = (76.5 - 74.2) / (78.3 - 74.2)
-MODES = {"running": "EMA", "precise": "Precise BN", "batch": "batch stats"}
+MODES = {"running": "EMA", "precise": "Precise BN", "batch": "batch statistics"}
 BOOT = 10000  # bootstrap resamples of the seeds
 
 
@@ -128,7 +128,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         sub = curves[curves["nbs"] == k]
         mean_curves(ax, sub, "step", "acc", "norm.name", label_fmt="{}")
         for line, name in zip(ax.get_lines(), sorted(sub["norm.name"].unique())):
-            line.set_label({"batch": "BN (momentum 0.1)", "renorm": "BRN"}[name])
+            alpha = done.loc[done["norm.name"] == name, "norm.momentum"].iloc[0]
+            line.set_label(f"{ {'batch': 'BN', 'renorm': 'BRN'}[name] } (EMA rate {alpha:g})")
         if sched:
             for s, lab in zip(sched, ("BRN warm-up ends", "d_max = 5", "r_max = 3")):
                 ax.axvline(s, color="grey", lw=0.8, ls=":")
@@ -136,7 +137,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         ax.set(xlabel="training step", title=f"NBS {k}")
         if low is not None:
             ax.set_ylim(bottom=low)
-    axes[0][0].set_ylabel(f"test accuracy (%), {MODES[curve_mode]} statistics")
+    axes[0][0].set_ylabel(f"test accuracy (%), {MODES[curve_mode]}")
     axes[0][0].legend(loc="lower right")
     ax = axes[0][-1]
     final = aggregate(done, ["norm.name", "nbs"], ["test_acc_running"])
