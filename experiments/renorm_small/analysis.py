@@ -122,8 +122,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     sched = schedule_steps(done)
     nbs_values = sorted(done["nbs"].unique())
     fig, axes = new_figure(ncols=len(nbs_values) + 1, width=3.6 * (len(nbs_values) + 1), height=3.4)
-    late = curves[curves["step"] >= 300].groupby(["arm", "step"])["acc"].mean()
-    low = (late.min() * 100 - 2) if len(late) else None
+    means = curves.groupby(["arm", "step"])["acc"].mean()  # the whole run, from the first evaluation
+    low = (means.min() * 100 - 1) if len(means) else None
     for ax, k in zip(axes[0], nbs_values):
         sub = curves[curves["nbs"] == k]
         mean_curves(ax, sub, "step", "acc", "norm.name", label_fmt="{}")
