@@ -48,6 +48,37 @@ def test_config_values_reach_the_layers():
     assert set(NORMS) >= {"batch", "renorm", "frozen", "separate", "group", "instance", "layer", "none"}
 
 
+def test_renorm_schedule_in_ema_time_constants():
+    """renorm_tau.yaml is the paper's schedule (alpha 0.01: 5k / 25k / 40k steps) written as 50 / 250 / 400 tau."""
+    paper, tau = (build_norm(compose_cfg([f"norm={n}"]).norm)(8) for n in ("renorm", "renorm_tau"))
+    for layer in (paper, tau):
+        assert (layer.momentum, layer.warmup_steps, layer.d_max_full_at, layer.r_max_full_at) == (
+            0.01,
+            5000,
+            25000,
+            40000,
+        )
+    cpu = build_norm(compose_cfg(["norm=renorm_tau_cpu"]).norm)(8)  # tau = 20 steps: 10 / 20 / 30 tau
+    assert (cpu.momentum, cpu.warmup_steps, cpu.d_max_full_at, cpu.r_max_full_at) == (0.05, 200, 400, 600)
+    gpu = build_norm(compose_cfg(["norm=renorm_tau_gpu"]).norm)(8)  # the paper's 50 / 250 / 400 tau at tau = 50
+    assert (gpu.momentum, gpu.warmup_steps, gpu.d_max_full_at, gpu.r_max_full_at) == (0.02, 2500, 12500, 20000)
+    limits = [tuple(float(v) for v in cpu.limits(s)) for s in (199, 200, 300, 400, 500, 600, 1000)]
+    assert limits == [(1, 0), (1, 0), (1.5, 2.5), (2, 5), (2.5, 5), (3, 5), (3, 5)]
+
+
+def test_schedule_unit_steps_keeps_existing_run_ids():
+    from omegaconf import open_dict
+
+    from bnlab.train.run_dir import run_id
+
+    cfg = compose_cfg(["norm=renorm"])
+    assert cfg.norm.schedule_unit == "steps"
+    before = run_id(cfg)
+    with open_dict(cfg):
+        del cfg.norm["schedule_unit"]
+    assert run_id(cfg) == before
+
+
 @pytest.mark.parametrize(
     "overrides, key, hint",
     [
@@ -62,6 +93,9 @@ def test_config_values_reach_the_layers():
         (["norm=renorm", "norm.nbs=128"], "norm.nbs", "no Sync"),
         (["norm=renorm", "norm.r_max=0.5"], "norm.r_max", ">= 1"),
         (["norm=renorm", "norm.warmup_steps=-1"], "norm.warmup_steps", ">= 0"),
+        (["norm=renorm", "norm.warmup_steps=2.5"], "norm.warmup_steps", "an integer"),
+        (["norm=renorm", "norm.schedule_unit=epochs"], "norm.schedule_unit", "ema_tau"),
+        (["norm=renorm_tau", "norm.d_max_full_at=-0.5"], "norm.d_max_full_at", "schedule_unit=ema_tau"),
         (["norm=separate", "norm.num_domains=0"], "norm.num_domains", "positive"),
         (["eval.precise_samples=0"], "eval.precise_samples", "positive"),
         (["eval.precise_samples=[512,0]"], "eval.precise_samples", "positive"),

@@ -1,9 +1,11 @@
-"""C1 analysis: the NBS table (train/val error vs normalization batch size) and error-vs-NBS figure."""
+"""C1 analysis: the NBS table (train/val error vs normalization batch size), 95% confidence intervals, Welch
+t-tests of the U shape (is the minimum below NBS 2 and below the largest NBS?) and the error-vs-NBS figure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bnlab.results.figures import errorbar_lines, new_figure, save_figure
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
@@ -49,6 +51,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "Error (%) by normalization batch size, mean ± std over seeds; "
         "SGD batch and learning rate fixed. Source: ResNet-50/ImageNet (Wu, Devils in BatchNorm).",
     )
+    written += u_shape_tests(single, [m for m in ("val_err_running", "val_err_precise") if m in single], out)
     fig, axes = new_figure(ncols=2, width=9.5)
     ax = axes[0][0]
     for m in metrics:
@@ -78,6 +81,63 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax.legend()
     written += save_figure(fig, out, "nbs_error_vs_nbs")
     return written
+
+
+def ci95(x: np.ndarray) -> tuple[float, float]:
+    """Student-t 95% interval of the mean over seeds."""
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return x.mean() - half, x.mean() + half
+
+
+def u_shape_tests(single: pd.DataFrame, metrics: list[str], out) -> list:
+    """Per NBS: mean val error with a 95% t-interval over seeds. The U: Welch's two-sided t-test (unequal variances,
+    seeds as samples) of the NBS with the lowest mean against the smallest and against the largest NBS. The
+    minimum is picked from the same data, so its p-values are optimistic; NBS 32 (the slide's flat bottom) is
+    also tested as a comparison fixed in advance."""
+    rows = []
+    for m in metrics:
+        by = {n: g[m].to_numpy() * 100 for n, g in single.groupby("nbs")}
+        ends = (min(by), max(by))
+        best = min(by, key=lambda n: by[n].mean())
+        for n, x in sorted(by.items()):
+            lo, hi = ci95(x)
+            rows.append(
+                {"metric": LABELS[m], "nbs": n, "n": len(x), "mean": x.mean(), "95% CI": f"[{lo:.2f}, {hi:.2f}]"}
+            )
+        for mid, how in (
+            (best, "lowest mean (post hoc; = NBS 32)" if best == 32 else "lowest mean (post hoc)"),
+            (32, "NBS 32 (fixed in advance)"),
+        ):
+            if mid not in by or (mid == 32 and best == 32 and how.startswith("NBS")):
+                continue
+            for end in ends:
+                if end == mid:
+                    continue
+                t = stats.ttest_ind(by[end], by[mid], equal_var=False)
+                rows.append(
+                    {
+                        "metric": LABELS[m],
+                        "nbs": f"{end} vs {mid}",
+                        "n": f"{len(by[end])} / {len(by[mid])}",
+                        "mean": by[end].mean() - by[mid].mean(),
+                        "test": how,
+                        "Welch t": t.statistic,
+                        "p (two-sided)": t.pvalue,
+                    }
+                )
+    table = pd.DataFrame(rows)
+    table["mean"] = table["mean"].map(lambda v: f"{v:.2f}")
+    table = table.fillna({"95% CI": "", "test": ""})
+    for c, fmt in (("Welch t", "{:.2f}"), ("p (two-sided)", "{:.3g}")):
+        if c in table:
+            table[c] = table[c].map(lambda v, fmt=fmt: "" if v != v else fmt.format(v))
+    return write_table(
+        table,
+        out,
+        "nbs_u_test",
+        "Validation error (%) per NBS: mean and 95% t-interval over seeds; rows 'a vs b': error at NBS a minus "
+        "error at NBS b, Welch's two-sided t-test over seeds.",
+    )
 
 
 def verdict_numbers(agg: pd.DataFrame) -> dict:

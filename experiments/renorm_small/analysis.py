@@ -1,10 +1,12 @@
-"""C2 analysis: accuracy vs training step for BN/BRN at NBS 4 and 32, and the final-accuracy table."""
+"""C2 analysis: final accuracy of BN / BRN at NBS 2, 4, 32, the recovery fraction with a bootstrap CI over seeds,
+and accuracy-vs-step curves drawn with Precise BN (free of EMA lag)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.figures import errorbar_lines, mean_curves, new_figure, save_figure
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 # Ioffe 2017, sec. 4.3 (Inception v3, ImageNet, top-1 %): arm -> (accuracy, at step)
@@ -12,38 +14,142 @@ SOURCE = {
     "BN, NBS 32": "78.3 (130k steps)",
     "BN, NBS 4": "74.2 (210k steps)",
     "BRN, NBS 4": "76.5 (130k steps)",
-    "BRN, NBS 32": "not reported (extra arm)",
+    "BRN, NBS 32": "78.5 (extra arm)",
 }
+# the paper's recovery fraction (BRN_4 - BN_4) / (BN_32 - BN_4); BN_4 is its 210k-step number
+SOURCE_RECOVERY = (76.5 - 74.2) / (78.3 - 74.2)
+MODES = {"running": "EMA", "precise": "Precise BN", "batch": "batch statistics"}
+BOOT = 10000  # bootstrap resamples of the seeds
 
 
 def arm_label(df: pd.DataFrame) -> pd.Series:
     name = df["norm.name"].map({"batch": "BN", "renorm": "BRN"})
-    return name + ", NBS " + df["norm.nbs"].fillna(df["train.batch_size"]).astype(int).astype(str)
+    return name + ", NBS " + df["nbs"].astype(str)
+
+
+def schedule_steps(runs: pd.DataFrame) -> tuple[int, int, int] | None:
+    """BRN's warm-up end, d_max-full and r_max-full steps (the config may give them in EMA time constants)."""
+    brn = runs[runs["norm.name"] == "renorm"]
+    if brn.empty:
+        return None
+    row = brn.iloc[0]
+    scale = 1.0 / row["norm.momentum"] if row.get("norm.schedule_unit") == "ema_tau" else 1.0
+    return tuple(round(row[f"norm.{k}"] * scale) for k in ("warmup_steps", "d_max_full_at", "r_max_full_at"))
+
+
+def recovery(done: pd.DataFrame, metric: str, k: int, rng: np.random.Generator) -> dict:
+    """(BRN_k - BN_k) / (BN_32 - BN_k) on seed means, with a 95% percentile bootstrap CI that resamples seeds
+    (paired: a seed's runs share initialization and batch order across arms); also BRN_k - BN_k with its CI."""
+    wide = done.pivot_table(index="seed", columns="arm", values=metric)
+    cols = [f"BN, NBS {k}", f"BRN, NBS {k}", "BN, NBS 32"]
+    if any(c not in wide for c in cols):
+        return {}
+    wide = wide[cols].dropna() * 100
+    bn_k, brn_k, bn_32 = (wide[c].to_numpy() for c in cols)
+
+    def stats(idx):
+        a, b, c = bn_k[idx].mean(-1), brn_k[idx].mean(-1), bn_32[idx].mean(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (b - a) / (c - a), b - a, c - a
+
+    frac, gain, loss = stats(np.arange(len(wide)))
+    boot = rng.integers(0, len(wide), size=(BOOT, len(wide)))
+    bf, bg, bl = stats(boot)
+    lo, hi = np.nanpercentile(bf, [2.5, 97.5])
+    glo, ghi = np.percentile(bg, [2.5, 97.5])
+    llo, lhi = np.percentile(bl, [2.5, 97.5])
+    defined = llo > 0  # a ratio over a loss whose interval reaches 0 is not a fraction of anything
+    return {
+        "nbs": k,
+        "statistics": MODES[metric.removeprefix("test_acc_")],
+        "seeds": len(wide),
+        "BN_k": bn_k.mean(),
+        "BRN_k": brn_k.mean(),
+        "BN_32": bn_32.mean(),
+        "loss BN_32 - BN_k": loss,
+        "loss 95% CI": f"[{llo:.1f}, {lhi:.1f}]",
+        "gain BRN_k - BN_k": gain,
+        "gain 95% CI": f"[{glo:.1f}, {ghi:.1f}]",
+        "recovery": frac if defined else float("nan"),
+        "recovery 95% CI": f"[{lo:.0%}, {hi:.0%}]" if defined else "undefined: loss CI reaches 0",
+        "P(gain > 0)": float(np.mean(bg > 0)),
+        "paper": f"{SOURCE_RECOVERY:.0%} (NBS 4)",
+    }
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     done = runs[runs["status"] == "completed"].copy()
+    done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
     done["arm"] = arm_label(done)
-    for split in ("running", "batch"):
-        if f"val_err_{split}" in done:
-            done[f"test_acc_{split}"] = 1 - done[f"val_err_{split}"]
+    for mode in MODES:
+        if f"val_err_{mode}" in done:
+            done[f"test_acc_{mode}"] = 1 - done[f"val_err_{mode}"]
     done["train_acc"] = 1 - done["train_err"]
-    metrics = [m for m in ("test_acc_running", "test_acc_batch", "train_acc") if m in done]
-    table = mean_std_cells(aggregate(done, ["arm"], metrics), metrics)
+    metrics = [m for m in (*(f"test_acc_{m}" for m in MODES), "train_acc") if m in done]
+    agg = aggregate(done, ["arm", "norm.name", "nbs"], metrics).sort_values(["nbs", "norm.name"])
+    table = mean_std_cells(agg, metrics).drop(columns=["norm.name", "nbs"])
     table["source top-1 (Inception v3 / ImageNet)"] = table["arm"].map(SOURCE).fillna("")
     written = write_table(
         table,
         out,
         "renorm_small_table",
-        "Final accuracy (%), mean ± std over seeds; SGD batch 32, "
-        "normalization over micro-batches of 4 or the whole batch.",
+        "Final accuracy (%), mean ± std over seeds; SGD batch 32, normalization over micro-batches of 2 or 4 or "
+        "the whole batch.",
     )
-    curves = epochs.join(done.set_index("run_id")["arm"], on="run_id", how="inner")
-    curves["test_acc_running"] = 1 - curves["val_err_running"]
-    fig, axes = new_figure()
-    ax = axes[0][0]
-    mean_curves(ax, curves, "step", "test_acc_running", "arm")
-    ax.set(xlabel="training step", ylabel="test accuracy (%), EMA statistics", title="Batch Renorm, micro-batches")
+
+    rng = np.random.default_rng(0)
+    rows = [
+        recovery(done, m, k, rng)
+        for m in ("test_acc_running", "test_acc_precise")
+        if m in done
+        for k in sorted(n for n in done["nbs"].unique() if n < 32)
+    ]
+    rec = pd.DataFrame([r for r in rows if r])
+    if not rec.empty:
+        for c in ("BN_k", "BRN_k", "BN_32", "loss BN_32 - BN_k", "gain BRN_k - BN_k"):
+            rec[c] = rec[c].map(lambda v: f"{v:.1f}")
+        rec["recovery"] = rec["recovery"].map(lambda v: "–" if v != v else f"{v:.0%}")
+        rec["P(gain > 0)"] = rec["P(gain > 0)"].map(lambda v: f"{v:.2f}")
+        written += write_table(
+            rec,
+            out,
+            "renorm_small_recovery",
+            "Recovery fraction (BRN_k - BN_k) / (BN_32 - BN_k) of final test accuracy (%); 95% CI: percentile "
+            f"bootstrap over seeds ({BOOT} resamples, seeds paired across arms); P(gain > 0): bootstrap share "
+            "of BRN_k > BN_k; the fraction is left undefined where the loss's CI reaches 0. Paper: (76.5 - 74.2) / "
+            "(78.3 - 74.2).",
+        )
+
+    curve_mode = next((m for m in ("precise", "batch") if f"val_err_{m}" in epochs), "running")
+    curves = epochs.join(done.set_index("run_id")[["arm", "nbs", "norm.name"]], on="run_id", how="inner")
+    curves["acc"] = 1 - curves[f"val_err_{curve_mode}"]
+    sched = schedule_steps(done)
+    nbs_values = sorted(done["nbs"].unique())
+    fig, axes = new_figure(ncols=len(nbs_values) + 1, width=3.6 * (len(nbs_values) + 1), height=3.4)
+    means = curves.groupby(["arm", "step"])["acc"].mean()  # the whole run, from the first evaluation
+    low = (means.min() * 100 - 1) if len(means) else None
+    for ax, k in zip(axes[0], nbs_values):
+        sub = curves[curves["nbs"] == k]
+        mean_curves(ax, sub, "step", "acc", "norm.name", label_fmt="{}")
+        for line, name in zip(ax.get_lines(), sorted(sub["norm.name"].unique())):
+            alpha = done.loc[done["norm.name"] == name, "norm.momentum"].iloc[0]
+            line.set_label(f"{ {'batch': 'BN', 'renorm': 'BRN'}[name] } (EMA rate {alpha:g})")
+        if sched:
+            for s, lab in zip(sched, ("BRN warm-up ends", "d_max = 5", "r_max = 3")):
+                ax.axvline(s, color="grey", lw=0.8, ls=":")
+                ax.text(s, 1.0, f" {lab}", transform=ax.get_xaxis_transform(), fontsize=6, rotation=90, va="top")
+        ax.set(xlabel="training step", title=f"NBS {k}")
+        if low is not None:
+            ax.set_ylim(bottom=low)
+    axes[0][0].set_ylabel(f"test accuracy (%), {MODES[curve_mode]}")
+    axes[0][0].legend(loc="lower right")
+    ax = axes[0][-1]
+    final = aggregate(done, ["norm.name", "nbs"], ["test_acc_running"])
+    final["norm"] = final["norm.name"].map({"batch": "BN", "renorm": "BRN"})
+    errorbar_lines(ax, final, "nbs", "test_acc_running", hue="norm")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(nbs_values, [str(n) for n in nbs_values])
+    ax.set(xlabel="normalization batch size", ylabel="final test accuracy (%), EMA", title="end of training")
     ax.legend()
     written += save_figure(fig, out, "renorm_small_accuracy_vs_step")
     return written

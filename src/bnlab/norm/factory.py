@@ -13,7 +13,7 @@ from torch import nn
 from bnlab.config_errors import ConfigError
 from bnlab.norm.batchnorm import BatchNorm2d
 from bnlab.norm.frozen import FrozenBatchNorm2d
-from bnlab.norm.renorm import BatchRenorm2d
+from bnlab.norm.renorm import BatchRenorm2d, schedule_steps
 from bnlab.norm.separate import SeparateBatchNorm2d
 from bnlab.registry import Registry
 
@@ -22,9 +22,19 @@ NormFactory = Callable[[int], nn.Module]
 # num_features comes from the model; device, dtype and process_group from the run, never from the config
 NORMS = Registry("norm", runtime=("num_features", "device", "dtype", "process_group"))
 NORMS.register("batch", BatchNorm2d)  # plain, Ghost (nbs < batch) or Sync (nbs > batch) BN
-NORMS.register("renorm", BatchRenorm2d)
 NORMS.register("frozen", FrozenBatchNorm2d)  # mean 0 / var 1 until loaded, precise-BN'd, or set by an experiment
 NORMS.register("separate", SeparateBatchNorm2d)
+
+
+@NORMS.register("renorm")
+def batch_renorm(num_features: int, eps: float, momentum: float, r_max: float, d_max: float, warmup_steps: float,
+                 r_max_full_at: float, d_max_full_at: float, nbs=None, ghost_layout: str = "contiguous",
+                 schedule_unit: str = "steps", device=None, dtype=None) -> BatchRenorm2d:  # fmt: skip
+    # schedule points in steps, or in EMA time constants 1/momentum (schedule_unit: ema_tau; norm/renorm.py)
+    at = {k: schedule_steps(v, schedule_unit, momentum) for k, v in
+          dict(warmup_steps=warmup_steps, r_max_full_at=r_max_full_at, d_max_full_at=d_max_full_at).items()}  # fmt: skip
+    return BatchRenorm2d(num_features, eps, momentum, r_max=r_max, d_max=d_max, nbs=nbs, ghost_layout=ghost_layout,
+                         device=device, dtype=dtype, **at)  # fmt: skip
 
 
 @NORMS.register("group")

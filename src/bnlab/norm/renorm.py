@@ -11,6 +11,10 @@ and inference uses mu, sigma. Since r and d are constants for the gradient, y is
 bias beta + gamma * d, so the backward is PyTorch's own batch-norm backward with that weight: one fused kernel,
 no autograd graph of elementwise ops. Schedule (sec. 4): r_max = 1, d_max = 0 (plain BN) for the first steps,
 then relaxed linearly (the paper: r_max 1 -> 3 by 40k steps, d_max 0 -> 5 by 25k steps, after 5k steps).
+
+The schedule is about the running averages, so its natural unit is the EMA time constant 1 / alpha steps: at the
+paper's alpha = 0.01 the warm-up is 50 time constants, d_max opens fully at 250 and r_max at 400 (of a ~1300-long
+run). `schedule_steps` converts a schedule given in time constants (config `norm.schedule_unit: ema_tau`) to steps.
 """
 
 from __future__ import annotations
@@ -29,6 +33,18 @@ def ramp(step: Tensor, start: int, end: int, initial: float, final: float) -> Te
         return torch.where(step >= start, final, initial)
     frac = ((step - start) / (end - start)).clamp(0.0, 1.0)
     return initial + (final - initial) * frac
+
+
+SCHEDULE_UNITS = ("steps", "ema_tau")
+
+
+def schedule_steps(value: float, unit: str, momentum: float) -> int:
+    """A schedule point in `unit` as a step count: steps as given, ema_tau = value EMA time constants (1/alpha)."""
+    if unit == "steps":
+        return int(value)
+    if unit == "ema_tau":
+        return round(value / momentum)
+    raise ValueError(f"schedule unit must be one of {SCHEDULE_UNITS}, got {unit!r}")
 
 
 class _BatchRenorm(torch.autograd.Function):

@@ -9,6 +9,7 @@ from omegaconf import ListConfig
 
 from bnlab.config_errors import ConfigError
 from bnlab.norm.batchnorm import GHOST_LAYOUTS, TRAIN_STATS
+from bnlab.norm.renorm import SCHEDULE_UNITS
 
 BATCH_EVAL_MODES = ("batch", "adaptive")  # eval modes that run BN layers in training mode on validation batches
 
@@ -120,9 +121,16 @@ def validate_norm(cfg) -> None:
     if name == "renorm":
         _number(norm, "r_max", 1)
         _number(norm, "d_max", 0)
+        unit = norm.get("schedule_unit", "steps")
+        if unit not in SCHEDULE_UNITS:
+            raise ConfigError("norm.schedule_unit", f"got {unit!r}", allowed=SCHEDULE_UNITS)
         for key in ("warmup_steps", "r_max_full_at", "d_max_full_at"):
-            if not _is_int(norm.get(key, 0)) or norm.get(key, 0) < 0:
-                raise ConfigError(f"norm.{key}", f"must be an integer >= 0, got {norm.get(key)!r}")
+            v = norm.get(key, 0)
+            # in steps an integer; in EMA time constants any number (rounded to steps by the factory)
+            ok = _is_int(v) if unit == "steps" else isinstance(v, int | float) and not isinstance(v, bool)
+            if not ok or v < 0:
+                kind = "an integer" if unit == "steps" else "a number"
+                raise ConfigError(f"norm.{key}", f"must be {kind} >= 0 (schedule_unit={unit}), got {v!r}")
     if name == "separate" and (not _is_int(norm.get("num_domains", 2)) or norm.get("num_domains", 2) < 1):
         raise ConfigError("norm.num_domains", f"must be a positive integer, got {norm.get('num_domains')!r}")
     if name == "group" and (not _is_int(norm.get("groups", 32)) or norm.get("groups", 32) < 1):

@@ -24,6 +24,7 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 # the earlier behaviour, so adding a switch does not rename (and re-run) every existing run directory
 NEUTRAL_DEFAULTS: dict[str, object] = {
     "eval.train_images": 0,  # no eval-mode pass over training images
+    "norm.schedule_unit": "steps",  # Batch Renorm schedule counted in steps (before: the only unit)
 }
 
 
