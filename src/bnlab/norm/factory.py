@@ -31,8 +31,8 @@ def batch_renorm(num_features: int, eps: float, momentum: float, r_max: float, d
                  r_max_full_at: float, d_max_full_at: float, nbs=None, ghost_layout: str = "contiguous",
                  schedule_unit: str = "steps", device=None, dtype=None) -> BatchRenorm2d:  # fmt: skip
     # schedule points in steps, or in EMA time constants 1/momentum (schedule_unit: ema_tau; norm/renorm.py)
-    at = {k: schedule_steps(v, schedule_unit, momentum) for k, v in
-          dict(warmup_steps=warmup_steps, r_max_full_at=r_max_full_at, d_max_full_at=d_max_full_at).items()}  # fmt: skip
+    points = dict(warmup_steps=warmup_steps, r_max_full_at=r_max_full_at, d_max_full_at=d_max_full_at)
+    at = {k: schedule_steps(v, schedule_unit, momentum) for k, v in points.items()}
     return BatchRenorm2d(num_features, eps, momentum, r_max=r_max, d_max=d_max, nbs=nbs, ghost_layout=ghost_layout,
                          device=device, dtype=dtype, **at)  # fmt: skip
 
