@@ -9,7 +9,7 @@ import torch
 from bnlab.config_errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "linear", "step", "plateau", "exponential")
+SCHEDULES = ("constant", "cosine", "linear", "step", "plateau", "exponential", "lr_range")
 
 
 def _param_groups(model, weight_decay: float, norm_weight_decay: float | None):
@@ -51,7 +51,10 @@ class Schedule:
         if self.name not in SCHEDULES:
             raise ConfigError("schedule.name", f"unknown schedule {self.name!r}", allowed=SCHEDULES)
         self.optimizer = optimizer
-        self.total = max(1, steps_per_epoch * epochs)
+        length = cfg.get("length_epochs")  # a schedule longer than the run stops part-way (Myrtle: 10 of 20 epochs)
+        if length is not None and (not isinstance(length, int | float) or length < epochs):
+            raise ConfigError("schedule.length_epochs", f"must be null or >= train.epochs={epochs}, got {length!r}")
+        self.total = max(1, round(steps_per_epoch * (length or epochs)))
         self.warmup = int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
         self.plateau = None
         if self.name == "plateau":  # patience counts "epochs" (evaluations), as in the forum thread
@@ -90,7 +93,20 @@ class Schedule:
         if self.name == "exponential":  # LR stress test: lr grows/decays by `gamma` per epoch
             gamma = float(cfg.get("gamma", 1.0))
             return lambda s: gamma ** (s / steps_per_epoch)
+        if self.name == "lr_range":
+            return self._lr_range_fn(cfg, total)
         raise AssertionError(self.name)
+
+    def _lr_range_fn(self, cfg, total):
+        """LR range test (Myrtle "How to train your ResNet 7", first figure): lr grows geometrically from
+        start_lr at the first step to end_lr at the last; absolute values, so optim.lr only scales the factor."""
+        start, end = cfg.get("start_lr"), cfg.get("end_lr")
+        for key, v in (("start_lr", start), ("end_lr", end)):
+            if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"schedule.{key}", f"must be a positive number, got {v!r}")
+        base = self.optimizer.defaults["lr"]
+        ratio = math.log(end / start)
+        return lambda s: start * math.exp(ratio * min(s, total - 1) / max(1, total - 1)) / base
 
     def step_batch(self) -> None:
         self.lambda_lr.step()
