@@ -15,7 +15,11 @@ from test_studies import STUDIES, compose_point, sweep_grid
 def tiny_overrides(study: str) -> list[str]:
     cfg = compose_point(study, "cpu", sweep_grid(study, "cpu")[0])
     eval_bs = int(cfg.eval.get("batch_size") or cfg.train.batch_size)
+    analysis = []
+    if "hessian" in cfg:  # the Hessian study's analysis settings: a few eigenvalues over one batch
+        analysis = ["hessian.top_k=3", "hessian.projected_top_k=2", "hessian.batches=1", "hessian.precise_samples=256"]
     return [
+        *analysis,
         "data.train_subset=1024",
         f"data.val_subset={2 * eval_bs}",
         "train.epochs=2",
