@@ -45,6 +45,8 @@ def curves(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                     "train_acc": 1 - e["train_err"].to_numpy(),
                     "train_loss": e["train_loss"].to_numpy(),
                     "diverged": run["status"] == "diverged",
+                    # the loss became NaN during the epoch after the last recorded one
+                    "nan_lr": lr_per_epoch(run, np.array([len(e) + 1]))[0] if run["status"] == "diverged" else np.nan,
                 }
             )
         )
@@ -68,7 +70,7 @@ def stable_range(c: pd.DataFrame, chance: float) -> dict:
         "lr_low": lr[low_i],
         "lr_high": lr[high_i],
         "decades": math.log10(lr[high_i] / lr[low_i]),
-        "diverged_at_lr": lr[-1] if bool(c["diverged"].iloc[0]) else np.nan,
+        "diverged_at_lr": c["nan_lr"].iloc[0],
     }
 
 
