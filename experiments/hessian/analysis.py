@@ -108,6 +108,9 @@ def measure(net: str, model, loss_fn, batches, cfg) -> tuple[dict, pd.DataFrame]
 def compute(done: pd.DataFrame, out: Path) -> None:
     nets, spectra = [], []
     for _, run in done.iterrows():
+        seeds = OmegaConf.load(Path(run["run_dir"]) / "config.yaml").hessian.get("seeds")
+        if seeds is not None and int(run["seed"]) not in seeds:
+            continue
         for net, model, loss_fn, batches, cfg in nets_of_run(Path(run["run_dir"])):
             summary, spectrum = measure(net, model, loss_fn, batches, cfg)
             ids = {"run_id": run["run_id"], "arm": run["arm"], "seed": int(run["seed"])}
