@@ -159,6 +159,9 @@ def plot_channel_distributions(
         pooled = _subsample(v.ravel(), POOLED_POINTS, rng)
         ax_pool.hist(pooled, bins=100, density=True, color="grey", alpha=0.8)
         ax_pool.set_title(f"{label}: all {v.shape[0]} channels pooled (std {s['total_std']:.3g})", fontsize=8)
+        lo, hi = min(ax_ch.get_xlim()[0], ax_pool.get_xlim()[0]), max(ax_ch.get_xlim()[1], ax_pool.get_xlim()[1])
+        for ax in (ax_ch, ax_pool):  # one x range per row: pooled and per-channel views compare directly
+            ax.set_xlim(lo, hi)
     axes[-1][0].set_xlabel("activation (dots: channel means; ticks: channel min / max)")
     axes[-1][1].set_xlabel("activation")
     if title:
