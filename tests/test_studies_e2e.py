@@ -19,6 +19,8 @@ def tiny_overrides(study: str) -> list[str]:
         shrink = ["data.num_classes=30", "data.train_subset=null", "data.val_subset=null"]
     else:
         shrink = ["data.train_subset=1024", f"data.val_subset={2 * eval_bs}"]
+    if "hessian" in cfg:  # the Hessian study's analysis settings: a few eigenvalues over one batch
+        shrink += ["hessian.top_k=3", "hessian.projected_top_k=2", "hessian.batches=1", "hessian.precise_samples=256"]
     return [
         *shrink,
         "train.epochs=2",

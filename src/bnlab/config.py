@@ -38,7 +38,7 @@ def validate(cfg: DictConfig) -> None:
     MODELS.check(cfg.model)
     NORMS.check(cfg.norm)
     OPTIMIZERS.check(cfg.optim)
-    SCHEDULES.check(cfg.schedule)
+    SCHEDULES.check(cfg.schedule, shared=("length_epochs",))  # read by Schedule itself
     LOSSES.check(cfg.loss)
     _one_of(cfg.logger.get("mode"), "logger.mode", MODES)
     for m in cfg.eval.get("modes", []):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bnlab.config_errors import ConfigError
 from bnlab.registry import Registry
 
 # an optimizer gets the model (for its parameter groups) and its conf/optim/<name>.yaml keys
@@ -96,6 +97,22 @@ def exponential(steps_per_epoch: int, epochs: int, gamma: float):
 
 
 @dataclass(frozen=True)
+class AbsoluteLR:
+    lr: object  # step -> learning rate itself (optim.lr is not used)
+
+
+@SCHEDULES.register("lr_range")
+def lr_range(steps_per_epoch: int, epochs: int, start_lr: float, end_lr: float) -> AbsoluteLR:
+    """LR range test (Myrtle "How to train your ResNet 7", first figure): lr grows geometrically from start_lr at
+    the first step to end_lr at the last."""
+    for key, v in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"schedule.{key}", f"must be a positive number, got {v!r}")
+    total, ratio = max(1, steps_per_epoch * epochs), math.log(end_lr / start_lr)
+    return AbsoluteLR(lambda s: start_lr * math.exp(ratio * min(s, total - 1) / max(1, total - 1)))
+
+
+@dataclass(frozen=True)
 class Plateau:
     monitor: str
     factor: float
@@ -115,7 +132,12 @@ class Schedule:
     def __init__(self, cfg, optimizer, steps_per_epoch: int, epochs: int):
         self.name = cfg.get("name")
         self.optimizer = optimizer
-        shape = SCHEDULES.build(cfg, steps_per_epoch=steps_per_epoch, epochs=epochs)
+        length = cfg.get("length_epochs")  # a schedule longer than the run stops part-way (Myrtle: 10 of 20 epochs)
+        if length is not None and (not isinstance(length, int | float) or length < epochs):
+            raise ConfigError("schedule.length_epochs", f"must be null or >= train.epochs={epochs}, got {length!r}")
+        shape = SCHEDULES.build(
+            cfg, shared=("length_epochs",), steps_per_epoch=steps_per_epoch, epochs=length or epochs
+        )
         self.plateau = None
         if isinstance(shape, Plateau):
             self.monitor = shape.monitor
@@ -123,6 +145,9 @@ class Schedule:
                 optimizer, mode="min", factor=shape.factor, patience=shape.patience, min_lr=shape.min_lr
             )
             shape = lambda step: 1.0
+        elif isinstance(shape, AbsoluteLR):  # lr values, not factors: divide by optim.lr, which LambdaLR multiplies
+            base, absolute = optimizer.defaults["lr"], shape.lr
+            shape = lambda step: absolute(step) / base
         self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
     def step_batch(self) -> None:
