@@ -21,7 +21,7 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install data demo train test test-slow lint format bench-norm sweep collect figures report status need-exp clean help
+.PHONY: install data demo train test test-slow lint format bench bench-norm sweep collect figures report status need-exp clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,6 +74,9 @@ format: install
 
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)
+
+bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies) -> results/bench/
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 need-exp:
 	@test -n "$(EXP)" || { echo "usage: make $(MAKECMDGOALS) EXP=<study>  (studies: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }

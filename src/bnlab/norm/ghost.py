@@ -89,8 +89,9 @@ def _dense(t: Tensor, fmt: torch.memory_format) -> Tensor:
 
 
 def use_channels_trick(x: Tensor, layout: str) -> bool:
-    """The one-call channels trick where it is a free view (strided layout of a contiguous tensor)."""
-    return layout == "strided" and x.is_contiguous()
+    """The one-call channels trick where it is a free view (strided layout of a contiguous tensor), and under
+    torch.compile, which cannot trace the loop's writes into slices but fuses the trick's copies itself."""
+    return (layout == "strided" and x.is_contiguous()) or torch.compiler.is_compiling()
 
 
 def _empty_like_input(x: Tensor) -> Tensor:
@@ -108,6 +109,11 @@ def group_batch_norm_forward(x, weight, bias, rms, rvs, factor, eps, groups, lay
     """Forward of every group into one output: (out, mean (G, C), invstd (G, C)); the rows of rms / rvs, one per
     group, are updated in place as each group's running buffers."""
     c = x.shape[1]
+    if groups == 1:  # one functional call (also what torch.compile can trace: no writes into slices)
+        rm = rms[0] if rms is not None else None
+        rv = rvs[0] if rvs is not None else None
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, rm, rv, True, factor, eps)
+        return out, mean.view(1, c), invstd.view(1, c)
     out = _empty_like_input(x)
     sd = _stat_dtype(x, weight)
     mean = torch.empty(groups, c, dtype=sd, device=x.device)

@@ -21,6 +21,7 @@ from bnlab.norm import build_norm
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
 from bnlab.train.evaluate import evaluate
+from bnlab.train.fast import prepare_training_model
 from bnlab.train.losses import build_loss
 from bnlab.train.optim import Schedule, build_optimizer
 from bnlab.train.run_dir import RunDir, run_id
@@ -164,6 +165,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
 
         logger = WandbLogger(cfg, rd.root, rid, tags, enabled=rank.main)
         net, train_batches = wrap_model(model, rank), shard(data.train, rank)  # identity in one process
+        net = prepare_training_model(net, cfg.train, device)  # channels_last / autocast / compile, off by default
         summary = {
             "run_id": rid,
             "study": str(cfg.study),

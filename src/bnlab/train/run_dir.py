@@ -22,7 +22,11 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 
 # keys added after results were committed, left out of the identity while they hold the value that reproduces
 # the earlier behaviour, so adding a switch does not rename (and re-run) every existing run directory
-NEUTRAL_DEFAULTS: dict[str, object] = {}
+NEUTRAL_DEFAULTS: dict[str, object] = {
+    "train.channels_last": False,  # the fast paths of bnlab.train.fast, off: the step of earlier runs
+    "train.autocast": None,
+    "train.compile": False,
+}
 
 
 _ANY = object()
