@@ -335,6 +335,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer batches and rounds")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the train and overhead tables")
     parser.add_argument("--compile-models", default="", help="models also timed with train.compile=true")
+    parser.add_argument("--norm-shapes", default="cifar,imagenet", help="shapes of the norm table")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="resnet20", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -350,8 +351,8 @@ def main() -> None:
     prov = provenance()
     print(f"[bench] {prov}")
     if "norm" in sections:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_norm.py"), "--device", prov["device"]]
-                       + (["--quick"] if args.quick else []), check=True)  # fmt: skip
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_norm.py"), "--device", prov["device"]]
+        subprocess.run([*cmd, "--shapes", args.norm_shapes] + (["--quick"] if args.quick else []), check=True)
     if "train" in sections:
         compiled = tuple(args.compile_models.split(","))
         rows = bench_train(models, 8 if args.quick else 15, 2 if args.quick else 3, compiled)
