@@ -13,6 +13,15 @@ from bnlab.norm import BatchNorm2d, no_stats_update
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _data(b=16, c=3, hw=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64) * 2 + 0.5
@@ -73,7 +82,7 @@ def _ghost_groups(b, nbs, layout):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout, fmt):
+def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout, fmt, threads):
     b, nbs = 16, 4
     ours = BatchNorm2d(3, momentum=0.3, nbs=nbs, ghost_layout=layout).double()
     base = nn.BatchNorm2d(3, momentum=0.3).double()
@@ -152,7 +161,7 @@ def test_update_stats_false_uses_batch_stats_without_touching_ema():
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loop(layout, fmt):
+def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loop(layout, fmt, threads):
     """The other arguments of the fused Ghost kernels: no affine, no EMA update, momentum=None, no input grad."""
     x, gy = (t.contiguous(memory_format=fmt) for t in _data(b=12, seed=3))
     groups = _ghost_groups(12, 4, layout)
@@ -184,7 +193,7 @@ def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loo
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_statistics_are_float32_under_bf16_autocast(layout):
+def test_statistics_are_float32_under_bf16_autocast(layout, threads):
     x = torch.randn(8, 4, 6, 6) * 3 + 100  # large mean: bf16 sums would lose it
     layer = BatchNorm2d(4, nbs=4, ghost_layout=layout)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -12,6 +12,15 @@ TOL = {"atol": 1e-12, "rtol": 1e-10}
 CONSTANT = {"warmup_steps": 0, "r_max_full_at": 0, "d_max_full_at": 0}
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _data(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1)
@@ -112,7 +121,7 @@ def test_schedule_values_and_step_counter():
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_micro_batches_each_group_renormalized_by_hand(layout, fmt):
+def test_micro_batches_each_group_renormalized_by_hand(layout, fmt, threads):
     brn = _set(
         BatchRenorm2d(3, r_max=1.5, d_max=0.5, nbs=4, ghost_layout=layout, **CONSTANT), [0.5, 0.0, -1.2], [1.0] * 3
     )
