@@ -128,6 +128,8 @@ def bench_device(device: str, reps: int, shapes: dict) -> list[dict]:
                         "device_name": _device_name(device),
                         "threads": torch.get_num_threads() if device == "cpu" else "",
                         "torch": torch.__version__,
+                        "python": platform.python_version(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "shape_name": shape_name,
                         "shape": "x".join(map(str, shape)),
                         "memory_format": fmt_name,
