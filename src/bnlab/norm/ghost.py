@@ -10,8 +10,10 @@ measurement (scripts/bench.py, results/bench/norm_cpu.csv; `use_channels_trick` 
   and out (forward and backward), which made Ghost BN 2-4x nn.BatchNorm2d.
 - group loop (this file's `GhostBatchNormFn`): the samples of one group are one dense slice of the batch in the
   contiguous layout (both memory formats), so G calls of PyTorch's own fused batch-norm kernels write straight
-  into slices of one output (forward) and one input gradient (backward): no copy, no autograd graph of
-  elementwise ops, the same numerics as a loop of nn.BatchNorm2d over the groups.
+  into slices of one output (forward; each group's input gradient is copied into its slice, a cache-sized copy):
+  no copy of the batch, no autograd graph of elementwise ops, the numerics of a loop of nn.BatchNorm2d over the
+  groups. Used single-threaded on CPU and on CUDA; a multi-threaded CPU pays one OpenMP region per call, so
+  there the trick is used (see `use_channels_trick`).
 
 Running statistics: every group updates its own copy of the running buffers (a (G, C) tensor, a row per group)
 and the copies are averaged, i.e. the EMA moves toward the average over groups of each group's mean and unbiased
