@@ -8,20 +8,24 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export WANDB_SILENT ?= true
 
-# sweeps: make sweep EXP=<study> [SCALE=cpu|gpu] [LAUNCHER=basic|joblib|submitit_local|slurm] [JOBS=2]
+# sweeps: make sweep EXP=<study> [SCALE=cpu|gpu] [LAUNCHER=basic|joblib|submitit_local|slurm] [JOBS=2] [THREADS=1]
 #         [RETRY_FAILED=1] [ARGS="hydra overrides"]
 EXP          ?=
 SCALE        ?= cpu
-LAUNCHER     ?= basic
+# CPU sweeps default to 2 runs at once x 1 thread each: 6.7x the aggregate images/s of 1 run x 2 threads on the
+# shared 2-core machine (results/bench/sweep_cpu.csv, `make bench`); other scales stay sequential by default
+LAUNCHER     ?= $(if $(filter cpu,$(SCALE)),joblib,basic)
 JOBS         ?= 2
+THREADS      ?= 1
 RETRY_FAILED ?= 0
 launcher_basic          :=
 launcher_joblib         := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+threads_joblib          := OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS)
 launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench-norm sweep collect figures report status need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep collect figures report status need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -88,11 +92,14 @@ format: install
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)
 
+bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies) -> results/bench/
+	$(BIN)/python scripts/bench.py $(ARGS)
+
 need-exp:
 	@test -n "$(EXP)" || { echo "usage: make $(MAKECMDGOALS) EXP=<study>  (studies: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
 
 sweep: install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
-	$(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
+	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
 
 collect: install need-exp  ## run directories -> results/<study>/<scale>/runs.csv, epochs.csv (+ parquet)
 	$(BIN)/bnlab collect $(EXP) --preset $(SCALE)

@@ -128,6 +128,8 @@ def bench_device(device: str, reps: int, shapes: dict) -> list[dict]:
                         "device_name": _device_name(device),
                         "threads": torch.get_num_threads() if device == "cpu" else "",
                         "torch": torch.__version__,
+                        "python": platform.python_version(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "shape_name": shape_name,
                         "shape": "x".join(map(str, shape)),
                         "memory_format": fmt_name,
@@ -168,6 +170,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (CPU run well under the default)")
     parser.add_argument("--reps", type=int, default=None, help="rounds of measurements (default 9, quick 5)")
     parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {list(SHAPES)}")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder for norm_<device>.csv")
     args = parser.parse_args()
     reps = args.reps or (5 if args.quick else 9)
@@ -177,7 +180,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for device in devices:
-        rows = bench_device(device, reps, SHAPES)
+        rows = bench_device(device, reps, {k: SHAPES[k] for k in args.shapes.split(",")})
         path = out / f"norm_{device}.csv"
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -13,6 +13,15 @@ from bnlab.norm import BatchNorm2d, no_stats_update
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _data(b=16, c=3, hw=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64) * 2 + 0.5
@@ -71,8 +80,9 @@ def _ghost_groups(b, nbs, layout):
     return [torch.arange(g, b, groups) for g in range(groups)]
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout):
+def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout, fmt, threads):
     b, nbs = 16, 4
     ours = BatchNorm2d(3, momentum=0.3, nbs=nbs, ghost_layout=layout).double()
     base = nn.BatchNorm2d(3, momentum=0.3).double()
@@ -82,9 +92,10 @@ def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout):
     for r in refs:
         r.weight, r.bias = base.weight, base.bias
     for step in range(3):
-        x, gy = _data(b=b, seed=step)
+        x, gy = (t.contiguous(memory_format=fmt) for t in _data(b=b, seed=step))
         ours.zero_grad(), base.zero_grad()
         y, gx, gw, gb = _step(ours, x, gy)
+        assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
         xr = x.clone().requires_grad_()
         y_ref = torch.empty_like(x)
         for r, idx in zip(refs, _ghost_groups(b, nbs, layout)):
@@ -148,13 +159,47 @@ def test_update_stats_false_uses_batch_stats_without_touching_ema():
     assert int(model[0].num_batches_tracked) == 1
 
 
-def test_statistics_are_float32_under_bf16_autocast():
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loop(layout, fmt, threads):
+    """The other arguments of the fused Ghost kernels: no affine, no EMA update, momentum=None, no input grad."""
+    x, gy = (t.contiguous(memory_format=fmt) for t in _data(b=12, seed=3))
+    groups = _ghost_groups(12, 4, layout)
+    for kwargs in ({"affine": False}, {"update_stats": False}, {"momentum": None}):
+        ours = BatchNorm2d(3, nbs=4, ghost_layout=layout, **kwargs).double()
+        ref = nn.BatchNorm2d(3, affine=kwargs.get("affine", True), momentum=kwargs.get("momentum", 0.1)).double()
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y = ours(xo)
+        y.backward(gy)
+        y_ref = torch.empty_like(x)
+        means, vars_ = [], []
+        for idx in groups:
+            r = copy.deepcopy(ref)
+            y_g = r(xr[idx])
+            y_ref[idx] = y_g.detach()
+            y_g.backward(gy[idx])
+            means.append(r.running_mean), vars_.append(r.running_var)
+        torch.testing.assert_close(y, y_ref, **TOL)
+        torch.testing.assert_close(xo.grad, xr.grad, **TOL)
+        if kwargs.get("update_stats", True):
+            torch.testing.assert_close(ours.running_mean, torch.stack(means).mean(0), **TOL)
+            torch.testing.assert_close(ours.running_var, torch.stack(vars_).mean(0), **TOL)
+        else:
+            assert torch.equal(ours.running_mean, torch.zeros(3, dtype=torch.float64))
+    # parameters only (a frozen input): the input gradient is not computed
+    layer = BatchNorm2d(3, nbs=4, ghost_layout=layout).double()
+    layer(x).backward(gy)
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_statistics_are_float32_under_bf16_autocast(layout, threads):
     x = torch.randn(8, 4, 6, 6) * 3 + 100  # large mean: bf16 sums would lose it
-    layer = BatchNorm2d(4, nbs=4)
+    layer = BatchNorm2d(4, nbs=4, ghost_layout=layout)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16 and layer.running_mean.dtype == torch.float32
-    ref = BatchNorm2d(4, nbs=4)
+    ref = BatchNorm2d(4, nbs=4, ghost_layout=layout)
     ref(x.bfloat16().float())
     torch.testing.assert_close(layer.running_mean, ref.running_mean, atol=1e-3, rtol=1e-4)
 

@@ -12,6 +12,15 @@ TOL = {"atol": 1e-12, "rtol": 1e-10}
 CONSTANT = {"warmup_steps": 0, "r_max_full_at": 0, "d_max_full_at": 0}
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _data(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1)
@@ -110,31 +119,42 @@ def test_schedule_values_and_step_counter():
     assert int(brn.num_batches_tracked) == 22501
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_micro_batches_each_group_renormalized_by_hand(layout):
+def test_micro_batches_each_group_renormalized_by_hand(layout, fmt, threads):
     brn = _set(
         BatchRenorm2d(3, r_max=1.5, d_max=0.5, nbs=4, ghost_layout=layout, **CONSTANT), [0.5, 0.0, -1.2], [1.0] * 3
     )
     brn = brn.double()
     ref = _set(nn.BatchNorm2d(3), [0.5, 0.0, -1.2], [1.0] * 3).double()
-    x = _data(b=12)
-    y = brn(x)
+    x = _data(b=12).contiguous(memory_format=fmt)
+    gy = _data(b=12, seed=5).contiguous(memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = brn(xa)
+    assert y.is_contiguous(memory_format=fmt)
     groups = (
         [torch.arange(g * 4, g * 4 + 4) for g in range(3)]
         if layout == "contiguous"
         else [torch.arange(g, 12, 3) for g in range(3)]
     )
-    sigmas = []
+    sigmas, y_hands = [], torch.empty_like(x)
     for idx in groups:
-        y_hand, _, _, _, sigma_b = _by_hand(x[idx], ref, 1.5, 0.5)
+        y_hand, _, _, _, sigma_b = _by_hand(xb[idx], ref, 1.5, 0.5)
         torch.testing.assert_close(y[idx], y_hand, **TOL)
-        sigmas.append(sigma_b)
+        y_hands[idx] = y_hand
+        sigmas.append(sigma_b.detach())
+    # gradients: autograd through the by-hand formula of each group (r and d stopped)
+    y.backward(gy), y_hands.backward(gy)
+    torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+    torch.testing.assert_close(brn.weight.grad, ref.weight.grad, **TOL)
+    torch.testing.assert_close(brn.bias.grad, ref.bias.grad, **TOL)
     sigma_old = torch.tensor(1.0 + 1e-5, dtype=torch.float64).sqrt()
     sigma_new = sigma_old + 0.01 * (torch.stack(sigmas).mean(0) - sigma_old)  # group average moves the EMA
     torch.testing.assert_close((brn.running_var + 1e-5).sqrt(), sigma_new, **TOL)
     # with limits 1 / 0 the micro-batches are Ghost BN
     plain = BatchRenorm2d(3, nbs=4, ghost_layout=layout).double()
-    torch.testing.assert_close(plain(x), BatchNorm2d(3, nbs=4, ghost_layout=layout).double()(x), **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), BatchNorm2d(3, nbs=4, ghost_layout=layout).double()(x), **TOL)
 
 
 def test_bad_arguments_name_the_problem():

@@ -115,8 +115,10 @@ def test_separate_keeps_statistics_per_domain_and_shares_the_affine():
 # ---- Virtual BN ----
 
 
-def test_virtual_bn_normalizes_with_batch_plus_reference_and_no_gradient_into_reference():
-    x, ref_batch, gy = _x(b=4, seed=1), _x(b=6, seed=2, shift=1.0, scale=2.0), _x(b=4, seed=3)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_virtual_bn_normalizes_with_batch_plus_reference_and_no_gradient_into_reference(fmt):
+    x, ref_batch, gy = (_x(b=4, seed=1), _x(b=6, seed=2, shift=1.0, scale=2.0), _x(b=4, seed=3))
+    x, ref_batch, gy = (t.contiguous(memory_format=fmt) for t in (x, ref_batch, gy))
     layer = BatchNorm2d(3, momentum=0.2).double()
     bn = nn.BatchNorm2d(3, momentum=0.2).double()
     with torch.no_grad():

@@ -40,7 +40,11 @@ def test_lr_range_rejects_bad_bounds_naming_the_key(key):
 def test_length_epochs_stops_a_linear_schedule_half_way():
     """Training 2 of 4 scheduled epochs ends at the peak of a warm-up/decay schedule that peaks at the middle."""
     full = lrs({"name": "linear", "warmup_epochs": 2, "final_factor": 0.0}, steps_per_epoch=5, epochs=4)
-    half = lrs({"name": "linear", "warmup_epochs": 2, "final_factor": 0.0, "length_epochs": 4}, steps_per_epoch=5, epochs=2)
+    half = lrs(
+        {"name": "linear", "warmup_epochs": 2, "final_factor": 0.0, "length_epochs": 4}, steps_per_epoch=5, epochs=2
+    )
     assert half == full[: len(half)] and max(half) == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="schedule.length_epochs"):
-        lrs({"name": "linear", "warmup_epochs": 0, "final_factor": 0.0, "length_epochs": 1}, steps_per_epoch=5, epochs=2)
+        lrs(
+            {"name": "linear", "warmup_epochs": 0, "final_factor": 0.0, "length_epochs": 1}, steps_per_epoch=5, epochs=2
+        )

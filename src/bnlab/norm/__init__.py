@@ -13,7 +13,7 @@ statistics of each device's batch normalize in training, they update the EMA, an
 | EMA stats in training (which mu)  | batchnorm.py:BatchNorm2d        | norm.train_stats=running              |
 | Batch Renorm (which mu)           | renorm.py:BatchRenorm2d         | norm=renorm                           |
 | Sync BN (how mu_B: all devices)   | sync.py:sync_batch_norm         | norm.nbs > batch/N, train.processes=N |
-| Ghost BN (how mu_B: split batch)  | ghost.py:GhostBatchNorm2d       | norm=ghost (norm.nbs < batch)         |
+| Ghost BN (how mu_B: split batch)  | ghost.py:ghost_batch_norm       | norm=ghost (norm.nbs < batch)         |
 | Virtual BN (how mu_B: +reference) | virtual.py:virtual_bn           | none: `with virtual_bn(model, ref)`   |
 | No EMA update (whether to update) | batchnorm.py:BatchNorm2d        | norm.update_stats=false               |
 | Separate BN (update per domain)   | separate.py:SeparateBatchNorm2d | norm=separate (+ use_domain)          |

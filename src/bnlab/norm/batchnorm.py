@@ -5,8 +5,8 @@ SGD batch. With a per-device batch B:
 
 - ``nbs=None`` or ``nbs == B``: plain BN (Ioffe & Szegedy 2015), one ``F.batch_norm`` call like nn.BatchNorm2d.
 - ``nbs < B``: Ghost BN (Hoffer et al. 2017, "Train longer, generalize better", sec. 4): the batch is split into
-  ``B / nbs`` groups normalized separately. One reshape turns groups into channels and one ``F.batch_norm`` call
-  normalizes them all (the trick of cifar10-fast's GhostBatchNorm), no Python loop over groups.
+  ``B / nbs`` groups normalized separately, by PyTorch's fused batch-norm kernels on slices of the batch (see
+  bnlab.norm.ghost for the implementations and their measured cost).
 - ``nbs > B``: Sync BN over ``nbs / B`` consecutive ranks (see bnlab.norm.sync).
 
 The layer also chooses which statistics normalize in training (``train_stats``) and whether the EMA is updated
@@ -21,61 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.norm.ghost import GHOST_LAYOUTS, ghost_batch_norm, ghost_groups
 from bnlab.norm.sync import consecutive_ranks_group, ranks_for_nbs, sync_batch_norm
 
-GHOST_LAYOUTS = ("contiguous", "strided")
 TRAIN_STATS = ("batch", "running")
-
-
-def ghost_groups(nbs: int | None, batch_size: int) -> int:
-    """Number of ghost groups for a batch (1 = plain BN); a clear error when nbs does not divide the batch."""
-    if nbs is None or nbs >= batch_size:
-        return 1
-    if batch_size % nbs:
-        raise ValueError(f"nbs={nbs} does not divide the batch size {batch_size}: Ghost BN needs equal groups")
-    return batch_size // nbs
-
-
-def to_ghost_channels(x: Tensor, groups: int, layout: str) -> Tensor:
-    """(B, C, *) -> (B / groups, groups * C, *): channel g * C + c holds channel c of the samples of group g.
-
-    "strided" puts sample i in group i % groups (Keras' virtual_batch_size): a free view of a contiguous tensor.
-    "contiguous" puts samples [g * nbs, (g + 1) * nbs) in group g, which needs a transposed copy.
-    """
-    b, c, *rest = x.shape
-    nbs = b // groups
-    if layout == "strided":
-        return x.reshape(nbs, groups * c, *rest)
-    return x.reshape(groups, nbs, c, *rest).transpose(0, 1).reshape(nbs, groups * c, *rest)
-
-
-def from_ghost_channels(y: Tensor, groups: int, layout: str, like: Tensor) -> Tensor:
-    """Inverse of `to_ghost_channels`, in the memory format of `like` (the layer's input), as nn.BatchNorm2d."""
-    b, c, *rest = like.shape
-    if layout == "strided":
-        y = y.reshape(like.shape)
-    else:
-        y = y.reshape(b // groups, groups, c, *rest).transpose(0, 1).reshape(like.shape)
-    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y
-
-
-def ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, groups: int, layout: str) -> Tensor:
-    """Ghost BN in one batch_norm call. The EMA moves toward the average over groups of each group's mean and
-    unbiased variance: every group updates its own copy of the running buffers and the copies are averaged."""
-    c = x.shape[1]
-    xg = to_ghost_channels(x, groups, layout)
-    rm = running_mean.repeat(groups) if running_mean is not None else None
-    rv = running_var.repeat(groups) if running_var is not None else None
-    w = weight.repeat(groups) if weight is not None else None
-    b = bias.repeat(groups) if bias is not None else None
-    y = F.batch_norm(xg, rm, rv, w, b, True, factor, eps)
-    if running_mean is not None:
-        with torch.no_grad():
-            running_mean.copy_(rm.view(groups, c).mean(0))
-            running_var.copy_(rv.view(groups, c).mean(0))
-    return from_ghost_channels(y, groups, layout, x)
 
 
 class BatchNorm2d(nn.BatchNorm2d):

@@ -9,8 +9,9 @@ Training output, per channel, with batch statistics mu_B, sigma_B = sqrt(var_B +
 
 and inference uses mu, sigma. Since r and d are constants for the gradient, y is BN with weight gamma * r and
 bias beta + gamma * d, so the backward is PyTorch's own batch-norm backward with that weight: one fused kernel,
-no autograd graph of elementwise ops. Schedule (sec. 4): r_max = 1, d_max = 0 (plain BN) for the first steps,
-then relaxed linearly (the paper: r_max 1 -> 3 by 40k steps, d_max 0 -> 5 by 25k steps, after 5k steps).
+no autograd graph of elementwise ops; Ghost groups (micro-batches) loop those kernels over slices. Schedule
+(sec. 4): r_max = 1, d_max = 0 (plain BN) for the first steps, then relaxed linearly (the paper: r_max 1 -> 3
+by 40k steps, d_max 0 -> 5 by 25k steps, after 5k steps).
 
 The schedule is about the running averages, so its natural unit is the EMA time constant 1 / alpha steps: at the
 paper's alpha = 0.01 the warm-up is 50 time constants, d_max opens fully at 250 and r_max at 400 (of a ~1300-long
@@ -23,7 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from bnlab.norm.batchnorm import from_ghost_channels, ghost_groups, to_ghost_channels
+from bnlab.norm.ghost import (
+    from_ghost_channels,
+    ghost_groups,
+    group_batch_norm_backward,
+    group_batch_norm_forward,
+    group_slices,
+    to_ghost_channels,
+    use_channels_trick,
+)
 
 
 def ramp(step: Tensor, start: int, end: int, initial: float, final: float) -> Tensor:
@@ -48,21 +57,24 @@ def schedule_steps(value: float, unit: str, momentum: float) -> int:
 
 
 class _BatchRenorm(torch.autograd.Function):
-    """y = (weight * r) * (x - mu_B) / sigma_B + (bias + weight * d) with r, d computed and detached inside."""
+    """y = (weight * r) * (x - mu_B) / sigma_B + (bias + weight * d) with r, d computed and detached inside, per
+    Ghost group (groups=1: the whole batch). Each group is one call of PyTorch's fused batch-norm kernels on a
+    slice of the batch (bnlab.norm.ghost), forward and backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_sigma, r_max, d_max, eps):
-        out, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-        sigma = invstd.reciprocal()  # sigma_B = sqrt(var_B + eps), var_B biased (Algorithm 1)
+    def forward(ctx, x, weight, bias, running_mean, running_sigma, r_max, d_max, eps, groups, layout):
+        out, mean, invstd = group_batch_norm_forward(x, None, None, None, None, 0.0, eps, groups, layout)
+        sigma = invstd.reciprocal()  # (G, C): sigma_B = sqrt(var_B + eps), var_B biased (Algorithm 1)
         r = (sigma / running_sigma).clamp(min=1.0 / r_max, max=r_max).to(mean.dtype)
         d = ((mean - running_mean) / running_sigma).clamp(min=-d_max, max=d_max).to(mean.dtype)
         scale, shift = r, d
         if weight is not None:
             scale, shift = weight * r, weight * d + bias
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        out.mul_(scale.view(shape)).add_(shift.view(shape))  # in place: native_batch_norm's backward needs x only
+        for g, og in enumerate(group_slices(out, groups, layout)):  # in place: the backward needs x only
+            og.mul_(scale[g].view(shape)).add_(shift[g].view(shape))
         ctx.save_for_backward(x, weight, mean, invstd, r, d)
-        ctx.eps = eps
+        ctx.eps, ctx.groups, ctx.layout = eps, groups, layout
         ctx.mark_non_differentiable(mean, sigma)
         return out, mean, sigma
 
@@ -70,25 +82,17 @@ class _BatchRenorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_sigma):
         x, weight, mean, invstd, r, d = ctx.saved_tensors
-        effective_weight = r if weight is None else weight * r
+        effective_weight = r if weight is None else weight * r  # (G, C)
         need_affine = weight is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad_out,
-            x,
-            effective_weight,
-            None,
-            None,
-            mean,
-            invstd,
-            True,
-            ctx.eps,
-            [ctx.needs_input_grad[0], need_affine, need_affine],
+        mask = [ctx.needs_input_grad[0], need_affine, need_affine]
+        grad_x, grad_w, grad_b = group_batch_norm_backward(
+            grad_out, x, effective_weight, mean, invstd, ctx.eps, ctx.groups, ctx.layout, mask
         )
         grad_weight = grad_bias = None
-        if need_affine:  # dy/dgamma = r * x_hat_BN + d, dy/dbeta = 1
-            grad_weight = (r * grad_w + d * grad_b).to(weight.dtype)
-            grad_bias = grad_b.to(weight.dtype)
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        if need_affine:  # dy/dgamma = r * x_hat_BN + d, dy/dbeta = 1, summed over groups
+            grad_weight = (r * grad_w + d * grad_b).sum(0).to(weight.dtype)
+            grad_bias = grad_b.sum(0).to(weight.dtype)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 class BatchRenorm2d(nn.BatchNorm2d):
@@ -163,18 +167,18 @@ class BatchRenorm2d(nn.BatchNorm2d):
         r_max, d_max = (t.to(device=x.device, dtype=self.running_mean.dtype) for t in self.limits())
         sigma = (self.running_var + self.eps).sqrt()
         w, b, mu, sd = self.weight, self.bias, self.running_mean, sigma
-        xg = x
-        if groups > 1:
-            xg = to_ghost_channels(x, groups, self.ghost_layout)
+        xg, calls, layout = x, groups, self.ghost_layout
+        if groups > 1 and use_channels_trick(x, layout):  # a free view: one call over G * C channels
+            xg, calls = to_ghost_channels(x, groups, layout), 1
             w, b = (t.repeat(groups) if t is not None else None for t in (w, b))
             mu, sd = mu.repeat(groups), sd.repeat(groups)
-        y, mean_b, sigma_b = _BatchRenorm.apply(xg, w, b, mu, sd, r_max, d_max, self.eps)
+        y, mean_b, sigma_b = _BatchRenorm.apply(xg, w, b, mu, sd, r_max, d_max, self.eps, calls, layout)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             # Algorithm 1's updates, of the mean and of sigma (not of the variance)
             self.running_mean.lerp_(mean_b.view(groups, c).mean(0).to(mu.dtype), self.momentum)
             sigma = sigma.lerp(sigma_b.view(groups, c).mean(0).to(sigma.dtype), self.momentum)
             self.running_var.copy_(sigma * sigma - self.eps)
-        if groups > 1:
-            y = from_ghost_channels(y, groups, self.ghost_layout, x)
+        if xg is not x:
+            y = from_ghost_channels(y, groups, layout, x)
         return y

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.norm.batchnorm import BatchNorm2d
-from bnlab.norm.stats import channel_sums, mean_var, normalize, update_running
+from bnlab.norm.stats import batch_norm_with_sums, local_sums
 
 
 class ReferenceStats:
@@ -36,16 +36,14 @@ class ReferenceStats:
 
     def __call__(self, layer: BatchNorm2d, x: Tensor) -> Tensor:
         if self.sums is None:  # the reference pass: its own statistics, nothing updated
-            self.sums = tuple(t.detach() for t in channel_sums(x))
-            mean, var = mean_var(*self.sums)
-            return normalize(x, mean, var, layer.weight, layer.bias, layer.eps)
-        total, total_sq, count = (a + r for a, r in zip(channel_sums(x), self.sums))
-        mean, var = mean_var(total, total_sq, count)
+            self.sums = tuple(t.detach() for t in local_sums(x))
+            return batch_norm_with_sums(x, layer.weight, layer.bias, None, None, 0.0, layer.eps)
+        rm = rv = factor = None
         if layer.update_stats:
             layer.num_batches_tracked.add_(1)
             factor = layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked)
-            update_running(layer.running_mean, layer.running_var, mean.detach(), var.detach(), count, factor)
-        return normalize(x, mean, var, layer.weight, layer.bias, layer.eps)
+            rm, rv = layer.running_mean, layer.running_var
+        return batch_norm_with_sums(x, layer.weight, layer.bias, rm, rv, factor, layer.eps, extra=self.sums)
 
 
 @contextmanager

@@ -103,7 +103,7 @@ def teardown() -> None:
 
     release_groups()
     dist.destroy_process_group()
-    gc.collect()  # autograd graphs that held a group (AllReduceSum's ctx) go now, not at exit
+    gc.collect()  # autograd graphs that held a group (a Sync BN all-reduce's ctx) go now, not at exit
 
 
 def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:

@@ -20,6 +20,7 @@ from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
+from bnlab.train.fast import prepare_training_model
 from bnlab.train.launch import launch_ranks
 from bnlab.train.outcome import Diverged, Outcome, recorded
 from bnlab.train.run_dir import RunDir, run_id
@@ -89,6 +90,7 @@ def _health_step_hook(monitor, model, logger, progress: Progress):
 def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=SINGLE) -> None:
     """The epochs: train, evaluate, then (rank 0) metrics.csv, W&B, one console line and a checkpoint."""
     net, batches = wrap_model(job.model, rank), shard(job.data.train, rank)  # identity in one process
+    net = prepare_training_model(net, cfg.train, job.data.train.device)  # channels_last / autocast / compile
     step_hook = _health_step_hook(monitor, job.model, logger, progress)
     epochs, show_bar = int(cfg.train.epochs), bool(cfg.train.get("progress", True))
     progress.started = time.time()

@@ -25,6 +25,9 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 NEUTRAL_DEFAULTS: dict[str, object] = {
     "eval.train_images": 0,  # no eval-mode pass over training images
     "norm.schedule_unit": "steps",  # Batch Renorm schedule counted in steps (before: the only unit)
+    "train.channels_last": False,  # the fast paths of bnlab.train.fast, off: the step of earlier runs
+    "train.autocast": None,
+    "train.compile": False,
 }
 
 

@@ -1,0 +1,220 @@
+"""Ghost BN kernels: normalize each group of ``nbs`` samples of a batch with that group's own statistics.
+
+Hoffer et al. 2017 ("Train longer, generalize better", sec. 4): the batch of B samples is split into G = B / nbs
+groups. Two layouts put sample i in group i // nbs ("contiguous", the default, what non-i.i.d. studies need) or in
+group i % G ("strided", Keras' virtual_batch_size). Two implementations, picked per layout and memory format by
+measurement (scripts/bench.py, results/bench/norm_cpu.csv; `use_channels_trick` decides):
+
+- channels trick (cifar10-fast's GhostBatchNorm): view the batch as (nbs, G * C, H, W) and make ONE batch-norm
+  call. A free view only for the strided layout of a contiguous tensor; any other case needs a transposed copy in
+  and out (forward and backward), which made Ghost BN 2-4x nn.BatchNorm2d.
+- group loop (this file's `GhostBatchNormFn`): the samples of one group are one dense slice of the batch in the
+  contiguous layout (both memory formats), so G calls of PyTorch's own fused batch-norm kernels write straight
+  into slices of one output (forward; each group's input gradient is copied into its slice, a cache-sized copy):
+  no copy of the batch, no autograd graph of elementwise ops, the numerics of a loop of nn.BatchNorm2d over the
+  groups. Used single-threaded on CPU and on CUDA; a multi-threaded CPU pays one OpenMP region per call, so
+  there the trick is used (see `use_channels_trick`).
+
+Running statistics: every group updates its own copy of the running buffers (a (G, C) tensor, a row per group)
+and the copies are averaged, i.e. the EMA moves toward the average over groups of each group's mean and unbiased
+variance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+GHOST_LAYOUTS = ("contiguous", "strided")
+
+_BN_FORWARD_OUT = torch.ops.aten.native_batch_norm.out
+_BN_BACKWARD = torch.ops.aten.native_batch_norm_backward.default
+
+
+def ghost_groups(nbs: int | None, batch_size: int) -> int:
+    """Number of ghost groups for a batch (1 = plain BN); a clear error when nbs does not divide the batch."""
+    if nbs is None or nbs >= batch_size:
+        return 1
+    if batch_size % nbs:
+        raise ValueError(f"nbs={nbs} does not divide the batch size {batch_size}: Ghost BN needs equal groups")
+    return batch_size // nbs
+
+
+def to_ghost_channels(x: Tensor, groups: int, layout: str) -> Tensor:
+    """(B, C, *) -> (B / groups, groups * C, *): channel g * C + c holds channel c of the samples of group g.
+
+    "strided" puts sample i in group i % groups: a free view of a contiguous tensor. "contiguous" puts samples
+    [g * nbs, (g + 1) * nbs) in group g, which needs a transposed copy.
+    """
+    b, c, *rest = x.shape
+    nbs = b // groups
+    if layout == "strided":
+        return x.reshape(nbs, groups * c, *rest)
+    return x.reshape(groups, nbs, c, *rest).transpose(0, 1).reshape(nbs, groups * c, *rest)
+
+
+def from_ghost_channels(y: Tensor, groups: int, layout: str, like: Tensor) -> Tensor:
+    """Inverse of `to_ghost_channels`, in the memory format of `like` (the layer's input), as nn.BatchNorm2d."""
+    b, c, *rest = like.shape
+    if layout == "strided":
+        y = y.reshape(like.shape)
+    else:
+        y = y.reshape(b // groups, groups, c, *rest).transpose(0, 1).reshape(like.shape)
+    if is_channels_last(like) and not like.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last for a channels_last (and not also contiguous) 4-D tensor, else contiguous_format."""
+    return torch.channels_last if is_channels_last(x) and not x.is_contiguous() else torch.contiguous_format
+
+
+def group_slices(x: Tensor, groups: int, layout: str) -> list[Tensor]:
+    """The samples of each group as views of `x`: dense slices in the contiguous layout (either memory format),
+    every G-th sample in the strided layout."""
+    if layout == "strided":
+        return [x[g::groups] for g in range(groups)]
+    return list(x.chunk(groups, 0))
+
+
+def _dense(t: Tensor, fmt: torch.memory_format) -> Tensor:
+    """`t` itself when dense in `fmt`, else a compact copy (one group of a strided channels_last batch: small,
+    so the copy stays in cache and the allocator reuses its memory)."""
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def use_channels_trick(x: Tensor, layout: str) -> bool:
+    """The one-call channels trick where it is a free view (strided layout of a contiguous tensor); under
+    torch.compile, which cannot trace the loop's writes into slices but fuses the trick's copies itself; and on
+    a multi-threaded CPU, where every one of the loop's G kernel calls is an OpenMP parallel region: on the
+    shared 2-core machine (2 threads, heavy load) the loop measured 3.6x (G=8) and 9.4x (G=32) nn.BatchNorm2d
+    against 2.1x / 1.9x for the trick, while single-threaded (how CPU sweeps run) the loop is 1.1-1.25x and the
+    trick 2x (results/bench/README.md)."""
+    if (layout == "strided" and x.is_contiguous()) or torch.compiler.is_compiling():
+        return True
+    return x.device.type == "cpu" and torch.get_num_threads() > 1
+
+
+def _empty_like_input(x: Tensor) -> Tensor:
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+def _stat_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
+    """PyTorch's batch norm keeps statistics in float32 for fp16/bf16 inputs (mixed-type kernels)."""
+    if weight is not None:
+        return weight.dtype
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def group_batch_norm_forward(x, weight, bias, rms, rvs, factor, eps, groups, layout):
+    """Forward of every group into one output: (out, mean (G, C), invstd (G, C)); the rows of rms / rvs, one per
+    group, are updated in place as each group's running buffers."""
+    c = x.shape[1]
+    if groups == 1:  # one functional call (also what torch.compile can trace: no writes into slices)
+        rm = rms[0] if rms is not None else None
+        rv = rvs[0] if rvs is not None else None
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, rm, rv, True, factor, eps)
+        return out, mean.view(1, c), invstd.view(1, c)
+    out = _empty_like_input(x)
+    sd = _stat_dtype(x, weight)
+    mean = torch.empty(groups, c, dtype=sd, device=x.device)
+    invstd = torch.empty(groups, c, dtype=sd, device=x.device)
+    fmt = memory_format(x)
+    xs, outs = group_slices(x, groups, layout), group_slices(out, groups, layout)
+    for g in range(groups):
+        rm = rms[g] if rms is not None else None
+        rv = rvs[g] if rvs is not None else None
+        xg = _dense(xs[g], fmt)
+        og = outs[g] if xg is xs[g] else torch.empty_like(xg)
+        _BN_FORWARD_OUT(xg, weight, bias, rm, rv, True, factor, eps, out=og, save_mean=mean[g], save_invstd=invstd[g])
+        if og is not outs[g]:
+            outs[g].copy_(og)
+    return out, mean, invstd
+
+
+def group_batch_norm_backward(grad_out, x, weights, mean, invstd, eps, groups, layout, mask):
+    """Backward of every group: (grad_x, per-group grad_weight (G, C), per-group grad_bias (G, C)).
+
+    `weights` is one (C,) weight for all groups, a (G, C) tensor of per-group weights, or None.
+    """
+    c = x.shape[1]
+    fmt = memory_format(x)
+    grad_out = grad_out.contiguous(memory_format=fmt)
+    # the .out overload of the backward computes into temporaries and copies, so the functional one is called
+    # per group and its input gradient copied into the group's slice (a cache-sized copy)
+    xs, gys = group_slices(x, groups, layout), group_slices(grad_out, groups, layout)
+    if groups == 1:
+        w = weights[0] if weights is not None and weights.dim() == 2 else weights
+        grad_x, gw, gb = _BN_BACKWARD(grad_out, x, w, None, None, mean[0], invstd[0], True, eps, mask)
+        return grad_x, gw.view(1, c) if mask[1] else None, gb.view(1, c) if mask[2] else None
+    grad_x = _empty_like_input(x) if mask[0] else None
+    gxs = group_slices(grad_x, groups, layout) if mask[0] else None
+    gw = torch.empty(groups, c, dtype=mean.dtype, device=x.device) if mask[1] else None
+    gb = torch.empty(groups, c, dtype=mean.dtype, device=x.device) if mask[2] else None
+    for g in range(groups):
+        w = weights[g] if weights is not None and weights.dim() == 2 else weights
+        gx_g, gw_g, gb_g = _BN_BACKWARD(
+            _dense(gys[g], fmt), _dense(xs[g], fmt), w, None, None, mean[g], invstd[g], True, eps, mask
+        )
+        if mask[0]:
+            gxs[g].copy_(gx_g)
+        if mask[1]:
+            gw[g] = gw_g
+        if mask[2]:
+            gb[g] = gb_g
+    return grad_x, gw, gb
+
+
+class GhostBatchNormFn(torch.autograd.Function):
+    """Ghost BN as a loop of PyTorch's fused batch-norm kernels over groups, writing into slices of one output
+    and one input gradient (no copy of the batch; the strided layout of a channels_last tensor copies one group
+    at a time)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rms, rvs, factor, eps, groups, layout):
+        out, mean, invstd = group_batch_norm_forward(x, weight, bias, rms, rvs, factor, eps, groups, layout)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.groups, ctx.layout = eps, groups, layout
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        affine = weight is not None
+        mask = [need[0], affine and need[1], affine and need[2]]
+        args = (ctx.eps, ctx.groups, ctx.layout, mask)
+        grad_x, gw, gb = group_batch_norm_backward(grad_out, x, weight, mean, invstd, *args)
+        grad_w = gw.sum(0).to(weight.dtype) if mask[1] else None
+        grad_b = gb.sum(0).to(weight.dtype) if mask[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, groups: int, layout: str) -> Tensor:
+    """Ghost BN over `groups` groups of `x` in `layout`; moves the running buffers (if given) toward the
+    average over groups of each group's mean and unbiased variance."""
+    c, factor = x.shape[1], 0.0 if factor is None else factor
+    rms = running_mean.repeat(groups) if running_mean is not None else None
+    rvs = running_var.repeat(groups) if running_var is not None else None
+    if use_channels_trick(x, layout):
+        w = weight.repeat(groups) if weight is not None else None
+        b = bias.repeat(groups) if bias is not None else None
+        y = F.batch_norm(to_ghost_channels(x, groups, layout), rms, rvs, w, b, True, factor, eps)
+        y = from_ghost_channels(y, groups, layout, x)
+    else:
+        rms = rms.view(groups, c) if rms is not None else None
+        rvs = rvs.view(groups, c) if rvs is not None else None
+        y = GhostBatchNormFn.apply(x, weight, bias, rms, rvs, factor, eps, groups, layout)
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.copy_(rms.view(groups, c).mean(0))
+            running_var.copy_(rvs.view(groups, c).mean(0))
+    return y

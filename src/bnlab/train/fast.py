@@ -1,0 +1,79 @@
+"""Fast paths of the training step, each a config switch, off unless it measurably helps (results/bench/README.md):
+
+- ``train.channels_last``: model weights and inputs in NHWC memory format (PyTorch's fast conv / BN kernels on
+  CPU, tensor cores on GPU).
+- ``train.autocast``: ``bf16`` or ``fp16`` mixed precision for the forward pass. BN statistics stay float32:
+  every bnlab norm keeps its buffers and statistics in float32 (PyTorch's mixed-type batch-norm kernels), and
+  the logits are cast back to float32 before the loss.
+- ``train.compile``: ``torch.compile`` of the training forward (inductor, one compile per input shape).
+
+Guards against known BN / inductor pitfalls:
+- eval-mode BN is folded into constants by inductor, which has produced wrong outputs (pytorch/pytorch#181696,
+  #101604): only the training forward is compiled; evaluation, Precise BN and the health monitor run the eager
+  module, which shares the parameters and buffers.
+- ``momentum=None`` (cumulative average) reads num_batches_tracked as a Python number, which cannot be captured
+  with ``fullgraph=True`` (pytorch/pytorch#194504): bnlab compiles with ``fullgraph=False`` so such a layer
+  falls back to eager for that step instead of failing.
+The loop calls `prepare_training_model` once; everything else stays as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnlab.config_errors import ConfigError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fast_settings(train_cfg) -> tuple[bool, str | None, bool]:
+    """(channels_last, autocast, compile) from the train config, checked; a bad value names its key."""
+    channels_last, autocast = train_cfg.get("channels_last", False), train_cfg.get("autocast", None)
+    compile_ = train_cfg.get("compile", False)
+    for key, value in (("train.channels_last", channels_last), ("train.compile", compile_)):
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ConfigError("train.autocast", f"got {autocast!r}", allowed=[None, *AUTOCAST_DTYPES])
+    return channels_last, autocast, compile_
+
+
+def check_fast_settings(train_cfg, device) -> None:
+    """Fail before training: fp16 autocast needs a GPU (CPU autocast supports bf16 only in practice)."""
+    _, autocast, _ = fast_settings(train_cfg)
+    if autocast == "fp16" and torch.device(device).type == "cpu":
+        raise ConfigError("train.autocast", "fp16 autocast is for CUDA; use bf16 on CPU", allowed=[None, "bf16"])
+
+
+class FastForward(nn.Module):
+    """The model's training forward with the enabled fast paths; parameters and buffers are the model's own."""
+
+    def __init__(self, model: nn.Module, channels_last: bool, autocast: str | None, device_type: str):
+        super().__init__()
+        self.model = model
+        self.channels_last, self.autocast, self.device_type = channels_last, autocast, device_type
+
+    def forward(self, x):
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast is None:
+            return self.model(x)
+        with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.autocast]):
+            out = self.model(x)
+        return out.float()  # the loss in float32
+
+
+def prepare_training_model(net: nn.Module, train_cfg, device) -> nn.Module:
+    """The module the loop trains through: `net` itself when every fast path is off (the default)."""
+    channels_last, autocast, compile_ = fast_settings(train_cfg)
+    check_fast_settings(train_cfg, device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)  # in place: the eager model used for evaluation shares it
+    if not (channels_last or autocast or compile_):
+        return net
+    fast = FastForward(net, channels_last, autocast, torch.device(device).type)
+    if compile_:
+        # dynamic=False: one graph per input shape (the last, smaller batch compiles once more at most)
+        return torch.compile(fast, fullgraph=False, dynamic=False)
+    return fast
