@@ -33,4 +33,4 @@ def build_model(cfg, norm, in_channels: int, num_classes: int) -> nn.Module:
 
 
 # importing the modules fills the registry
-from bnlab.models import convnet8, mlp_deep, resnet18_cifar, resnet_cifar, resnet_imagenet  # noqa: E402,F401
+from bnlab.models import convnet8, dwsep, mlp_deep, resnet18_cifar, resnet_cifar, resnet_imagenet  # noqa: E402,F401
