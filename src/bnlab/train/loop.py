@@ -36,7 +36,10 @@ class Diverged(RuntimeError):
 def format_row(row: dict) -> str:
     """Core metrics on one console line; namespaced diagnostics (health/...) go to the CSV, with one flag here."""
     text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if "/" not in k)
-    return text + ("  BN-HEALTH: EMA corruption" if row.get("health/ema_corruption") else "")
+    events = [
+        k.replace("_", " ") for k in ("collapsed_variance", "stale_ema", "batch_composition") if row.get(f"health/{k}")
+    ]
+    return text + (f"  BN-HEALTH: {', '.join(events)}" if events else "")
 
 
 def eval_variants(eval_cfg) -> list[tuple[str, str, int]]:
@@ -203,9 +206,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                     for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
                         row[f"val_{k}_{suffix}"] = v
                 if monitor is not None:
-                    row.update(
-                        monitor.check(model, data.train, row, epoch=epoch + 1)
-                    )  # training batches: what the EMA tracks
+                    # training batches (what the EMA tracks) and validation batches (where a collapsed channel shows)
+                    row.update(monitor.check(model, data.train, row, epoch=epoch + 1, val_batches=data.val))
                 schedule.step_epoch(row)
                 row.update(step=step, epoch_time=time.time() - t_epoch)
                 history.append(row)
