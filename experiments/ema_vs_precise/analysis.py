@@ -58,6 +58,6 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
                 ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=f"{ep} ep, lr {lr}")
         ax.set_xscale("log", base=2)
         ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title="Precise BN vs samples (momentum 0.1)")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves span the whole height
         written += save_figure(fig, out, "ema_vs_precise_samples")
     return written

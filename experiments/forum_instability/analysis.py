@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
-from bnlab.results.tables import write_table
+from bnlab.results.tables import mean_std_text, write_table
 
 ARM_ORDER = ["bn_high_lr", "bn_low_lr", "bn_eps0.1", "groupnorm", "brn"]
 ARM_LABELS = {
@@ -46,9 +46,7 @@ def _arm_order(arms) -> list[str]:
 
 def _fmt(values: pd.Series, digits: int = 3) -> str:
     v = values.dropna()
-    if v.empty:
-        return "-"
-    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
+    return mean_std_text(v.mean(), v.std(ddof=1), len(v), digits) if len(v) else "–"
 
 
 def _event_cell(runs: pd.DataFrame) -> str:

@@ -48,9 +48,11 @@ def cmd_health(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from bnlab.results.analysis import EXPERIMENTS_DIR
     from bnlab.results.report import build_report
 
-    print(build_report(Path(args.results), Path(args.output)))
+    experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
+    print(build_report(Path(args.results), Path(args.output), experiments))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
+    r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
     args = p.parse_args(argv)
     args.fn(args)

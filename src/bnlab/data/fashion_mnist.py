@@ -2,11 +2,14 @@
 
 Debian's `dataset-fashion-mnist` installs the four idx .gz files in /usr/share/datasets/fashion-mnist.
 They are decompressed once into the cache in torchvision's layout and read by torchvision's FashionMNIST.
+The cache folder is keyed by the resolved data.root and by the files' sizes and SHA-256 digests (about 20 ms for
+the 30 MB of .gz files), so two roots, or one root whose files change, never share a decompressed copy.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -40,6 +43,17 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+def cache_key(root: Path, found: dict[str, Path]) -> str:
+    """Digest of the resolved root and of each source file's name, size and bytes: the cache folder's name."""
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for stem in sorted(found):
+        src = found[stem]
+        with open(src, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        h.update(f"\0{stem}\0{src.name}\0{src.stat().st_size}\0{digest}".encode())
+    return h.hexdigest()[:16]
+
+
 def _prepare_torchvision_root(root: Path) -> Path:
     """Return a folder whose FashionMNIST/raw/ holds the uncompressed idx files torchvision reads."""
     found = {stem: _find(root, stem) for stem in FILES}
@@ -50,13 +64,17 @@ def _prepare_torchvision_root(root: Path) -> Path:
         )
     if all(p.parent == root / "FashionMNIST" / "raw" for p in found.values()):
         return root
-    target = cache_dir() / "fashion_mnist" / "FashionMNIST" / "raw"
+    try:
+        key = cache_key(root, found)
+    except OSError as e:
+        raise DatasetNotFoundError(f"cannot read the Fashion-MNIST files under {root} ({e}). {HOW_TO_FIX}.") from e
+    target = cache_dir() / "fashion_mnist" / "by_source" / key / "FashionMNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
     for stem, src in found.items():
         dst = target / stem
-        if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
+        if dst.is_file():  # the key covers this source's bytes, and files appear only complete (os.replace)
             continue
-        tmp = dst.with_suffix(".tmp")
+        tmp = dst.with_name(f"{stem}.{os.getpid()}.tmp")  # concurrent runs never write the same temporary file
         opener = gzip.open if src.suffix == ".gz" else open
         try:
             with opener(src, "rb") as fin, open(tmp, "wb") as fout:

@@ -8,7 +8,7 @@ sums -> mean/var formula they share), factory (config -> layer), validate (confi
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
 from bnlab.norm.frozen import FrozenBatchNorm2d, freeze_batchnorm
-from bnlab.norm.precise import adaptive_bn, batchnorm_layers, precise_bn
+from bnlab.norm.precise import adaptive_bn, batchnorm_layers, frozen_ema, precise_bn
 from bnlab.norm.renorm import BatchRenorm2d
 from bnlab.norm.separate import SeparateBatchNorm2d, set_domain, use_domain
 from bnlab.norm.validate import validate_norm
@@ -24,6 +24,7 @@ __all__ = [
     "batchnorm_layers",
     "build_norm",
     "freeze_batchnorm",
+    "frozen_ema",
     "no_stats_update",
     "precise_bn",
     "set_domain",

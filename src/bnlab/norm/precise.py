@@ -4,9 +4,12 @@ Wu, "Devils in BatchNorm" (EMA vs Precise BN slides) and Wu & Johnson 2021 ("Ret
 sec. 3 and appendix): the EMA is biased toward recent, older models and is short-sighted; instead freeze the
 model and aggregate each BN layer's input statistics over N samples. As in pycls/fvcore, the network runs in
 training mode during the pass, so upstream BN layers normalize with batch statistics as they do in training
-(their running statistics are held fixed: momentum 0 during the pass). Each batch is weighted by its element
-count - mean = sum x / n, var = sum x^2 / n - mean^2 over all elements - so batches of any and unequal sizes
-give the exact population mean and (biased) variance of every layer's inputs.
+(their running statistics are held fixed: momentum 0 during the pass). Every layer normalizes by batch statistics
+during the pass, Batch Renorm with r = 1, d = 0 and a train_stats="running" BatchNorm2d included: with r, d (or
+normalization) from the old running averages, downstream layers would record inputs of a network that does not
+exist at evaluation, where every layer uses the new statistics. Each batch is weighted by its element count -
+mean = sum x / n, var = sum x^2 / n - mean^2 over all elements - so batches of any and unequal sizes give the
+exact population mean and (biased) variance of every layer's inputs.
 
 Adaptive BN (Li et al. 2016, "Revisiting Batch Normalization for Practical Domain Adaptation") is the same
 computation on target-domain data: `adaptive_bn`.
@@ -15,10 +18,13 @@ computation on target-domain data: `adaptive_bn`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from bnlab.norm.batchnorm import BatchNorm2d
+from bnlab.norm.renorm import BatchRenorm2d
 from bnlab.norm.separate import SeparateBatchNorm2d
 from bnlab.norm.stats import channel_sums, mean_var
 
@@ -32,6 +38,26 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
         if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
         or isinstance(m, SeparateBatchNorm2d)
     ]
+
+
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Every BN layer of `model` normalizes by its batch statistics in training mode: BRN with r = 1, d = 0
+    (Ioffe 2017, Algorithm 1 with r_max = 1, d_max = 0 is BN) and bnlab BatchNorm2d with train_stats="batch"."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, BatchRenorm2d):
+            saved.append((m, {"r_max": m.r_max, "d_max": m.d_max}))
+            m.r_max, m.d_max = 1.0, 0.0  # both ramps become constant: r = 1, d = 0 at any step
+        elif isinstance(m, BatchNorm2d):
+            saved.append((m, {"train_stats": m.train_stats}))
+            m.train_stats = "batch"
+    try:
+        yield model
+    finally:
+        for m, attrs in saved:
+            for k, v in attrs.items():
+                setattr(m, k, v)
 
 
 @torch.no_grad()
@@ -67,7 +93,8 @@ def precise_bn(model: nn.Module, batches: Iterable, num_samples: int = 8192) -> 
                 break
             x = batch[0] if isinstance(batch, tuple | list) else batch
             x = x[: num_samples - seen].to(device)
-            model(x)
+            with batch_statistics(model):
+                model(x)
             seen += len(x)
     finally:
         for h in handles:
@@ -89,3 +116,41 @@ def precise_bn(model: nn.Module, batches: Iterable, num_samples: int = 8192) -> 
 def adaptive_bn(model: nn.Module, target_batches: Iterable, num_samples: int = 8192) -> int:
     """Adaptive BN (Li et al. 2016): population statistics recomputed on target-domain data (= `precise_bn`)."""
     return precise_bn(model, target_batches, num_samples)
+
+
+@torch.no_grad()
+def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None) -> int:
+    """Re-run the training EMA on the frozen model: the "moving model" taken out of the EMA.
+
+    Every BN layer's running statistics are reset to their initial values (mean 0, var 1, no batches tracked),
+    then `steps` training-mode forward passes (default: as many as training took, the layers' largest
+    num_batches_tracked) move them with the layers' own momenta, cycling through `batches`. Against Precise BN
+    the result keeps the EMA's initial-value weight (1 - momentum)^steps and its batch-to-batch noise, but not
+    the staleness of averaging statistics of older models (Wu, "Devils in BatchNorm": the EMA is biased, short,
+    and "computed on a moving model"). Parameters are untouched and train/eval modes restored; the running
+    statistics and step counters are left as the re-run ends. Returns the number of forward passes.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if steps is None:
+        steps = max((int(m.num_batches_tracked) for m in layers), default=0)
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    modes = {m: m.training for m in model.modules()}
+    for m in layers:
+        m.reset_running_stats()
+    done = 0
+    try:
+        model.train()
+        while done < steps:
+            before = done
+            for batch in batches:
+                x = batch[0] if isinstance(batch, tuple | list) else batch
+                model(x.to(device))
+                done += 1
+                if done >= steps:
+                    break
+            if done == before:
+                raise ValueError("frozen_ema: `batches` is empty")
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return done

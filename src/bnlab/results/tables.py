@@ -20,14 +20,26 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     return out.reset_index()
 
 
+def mean_std_text(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """'mean ± std' over n runs; just the mean when n = 1 (one run has no spread to report), '–' if not measured."""
+    if mean != mean:  # NaN
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if text.lstrip("-").strip("0.") == "":
+        text = text.lstrip("-")  # -0.0 reads as a sign that is not there
+    return text if n <= 1 or std != std else f"{text} ± {std:.{digits}f}"
+
+
 def mean_std_cells(agg: pd.DataFrame, metrics: list[str], scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
-    """Replace <m>_mean/<m>_std column pairs by one 'mean +- std' text column (errors in percent by default)."""
+    """Replace <m>_mean/<m>_std column pairs by one 'mean ± std' text column (errors in percent by default); cells
+    of a single run (n = 1, from `aggregate`) show the mean alone."""
     out = agg.drop(columns=[c for c in agg if c.endswith(("_mean", "_std"))])
+    counts = agg["n"] if "n" in agg else [2] * len(agg)  # without counts, every row is taken as several runs
     for m in metrics:
         if f"{m}_mean" in agg:
             out[m] = [
-                "–" if mu != mu else f"{mu * scale:.{digits}f} ± {sd * scale:.{digits}f}"  # NaN: not measured
-                for mu, sd in zip(agg[f"{m}_mean"], agg[f"{m}_std"])
+                mean_std_text(mu * scale, sd * scale, n, digits)
+                for mu, sd, n in zip(agg[f"{m}_mean"], agg[f"{m}_std"], counts)
             ]
     return out
 

@@ -5,7 +5,10 @@ sigma_EMA do not approximate mu_B, sigma_B" - Wu, Devils in BatchNorm). Batch-mo
 in train mode but restores every buffer afterwards, so it never changes the running statistics and the loop
 needs to know nothing about which normalization layers the model has. "precise" evaluates a copy of the model
 whose BN statistics were recomputed over training batches (Precise BN); "adaptive" recomputes them over the
-validation data itself (Adaptive BN, the target domain). Neither touches the model being trained.
+validation data itself (Adaptive BN, the target domain). "ema_frozen" re-runs the training EMA, from the initial
+statistics and for as many training batches as training took, on a copy of the current (frozen) model: its gap to
+"precise" is the EMA's initial-value bias and noise, its gap to "running" the staleness of averaging a moving
+model. None of them touches the model being trained.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from contextlib import contextmanager
 
 import torch
 
-from bnlab.norm import precise_bn
+from bnlab.norm import frozen_ema, precise_bn
 
-EVAL_MODES = ("running", "batch", "precise", "adaptive")
+EVAL_MODES = ("running", "batch", "precise", "adaptive", "ema_frozen")
 
 
 @contextmanager
@@ -59,7 +62,8 @@ def evaluate(
 ) -> dict:
     """Return {'loss', 'err'} on `loader` with the given statistics mode.
 
-    "precise" needs `train_loader` (its batches give the population statistics, `precise_samples` samples).
+    "precise" and "ema_frozen" need `train_loader` (training batches: Precise BN's `precise_samples` samples,
+    or the EMA re-run's batches, cycled).
     """
     if eval_mode == "running":
         with mode(model, train=False):
@@ -73,6 +77,13 @@ def evaluate(
             raise ValueError("eval mode 'precise' needs the training loader (evaluate(..., train_loader=...))")
         frozen = copy.deepcopy(model)
         precise_bn(frozen, source, precise_samples)
+        with mode(frozen, train=False):
+            return _loop(frozen, loader, loss_fn)
+    if eval_mode == "ema_frozen":
+        if train_loader is None:
+            raise ValueError("eval mode 'ema_frozen' needs the training loader (evaluate(..., train_loader=...))")
+        frozen = copy.deepcopy(model)
+        frozen_ema(frozen, train_loader)
         with mode(frozen, train=False):
             return _loop(frozen, loader, loss_fn)
     raise ValueError(f"unknown eval mode {eval_mode!r} (allowed: {', '.join(EVAL_MODES)})")
