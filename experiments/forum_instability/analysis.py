@@ -113,6 +113,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     )
 
     seeds = sorted(e["seed"].unique())
+    bpe = done["train.batches_per_epoch"].dropna()
+    xlabel = f'"epoch" ({int(bpe.iloc[0])} batches)' if len(bpe) else '"epoch"'
     fig, axes = new_figure(ncols=len(arms), nrows=len(seeds), width=3.3 * len(arms), height=2.6 * len(seeds))
     lo = np.nanpercentile(e[list(CURVES)].to_numpy(), 1)
     hi = max(np.nanpercentile(e[list(CURVES)].to_numpy(), 99.5), lo + 0.2)
@@ -133,7 +135,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
                 lr.set_ylabel("lr", fontsize=7)
             ax.set_title(f"{ARM_LABELS.get(arm, arm)}, seed {seed}", fontsize=8)
             if i == len(seeds) - 1:
-                ax.set_xlabel('"epoch" (50 batches)')
+                ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel("BCE - soft F1")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -145,9 +147,27 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         fig, axes = new_figure(width=7.5, height=4.2)
         ax = axes[0][0]
         ax.axhspan(FLOOR, FLOAT32_TINY, color="0.9", zorder=0)
-        ax.text(0.6, 3e-42, "float32 denormal range", fontsize=8, color="0.4")
+        right = ax.get_yaxis_transform()  # x in axes fraction, y in data
+        ax.text(
+            0.99,
+            1e-39,
+            "float32 denormal range (< 1.18e-38)",
+            fontsize=8,
+            color="0.4",
+            ha="right",
+            va="top",
+            transform=right,
+        )
         ax.axhline(FIXED_POINT, color="0.5", lw=0.8, ls=":")
-        ax.text(0.6, FIXED_POINT * 3, "5.6e-45 (EMA fixed point)", fontsize=7, color="0.4")
+        ax.text(
+            0.99,
+            FIXED_POINT * 4,
+            "5.6e-45 = 4 x 2^-149, the EMA's fixed point",
+            fontsize=7,
+            color="0.4",
+            ha="right",
+            transform=right,
+        )
         colors = dict(zip(arms, ["tab:red", "tab:blue", "tab:orange", "tab:green", "tab:purple"], strict=False))
         for arm in arms:
             for k, seed in enumerate(seeds):
@@ -164,10 +184,10 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         ax.set_yscale("log")
         ax.set_ylim(FLOOR / 3, 10)
         ax.set(
-            xlabel='"epoch" (50 batches)',
+            xlabel=xlabel,
             ylabel="min running_var, last BN layer",
             title="Last BN layer's smallest running_var (seeds: line styles; GroupNorm has none)",
         )
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper right")
         written += save_figure(fig, out, "forum_last_bn_running_var")
     return written
