@@ -33,11 +33,11 @@ FLOOR = 1e-46  # where an exact 0 is drawn on the log axis
 
 
 def _events(cell) -> list[dict]:
-    if isinstance(cell, list):
-        return cell
-    if isinstance(cell, str) and cell.startswith("["):
-        return ast.literal_eval(cell)
-    return []
+    if isinstance(cell, str):
+        return ast.literal_eval(cell) if cell.startswith("[") else []
+    if cell is None or isinstance(cell, float):  # missing
+        return []
+    return [dict(e) for e in cell]  # a list, or the array parquet gives back
 
 
 def _arm_order(arms) -> list[str]:
@@ -64,7 +64,7 @@ def _event_cell(runs: pd.DataFrame) -> str:
         last = hits[0][-1]["layers"][0]
         parts.append(
             f"{label} {len(hits)}/{len(runs)} (first ep {first}; {sum(len(m) for m in hits)} checks; "
-            f"e.g. {last['layer']} ch {last['channels'][:6]})"
+            f"e.g. {last['layer']} ch {[int(c) for c in last['channels'][:6]]})"
         )
     return "; ".join(parts) or "none"
 
@@ -87,7 +87,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             "runs": len(d),
             "BN health events (runs, cause, first epoch)": _event_cell(d),
             "min running_var, last BN": f"{rv.min():.3g}" if len(rv) else "- (no running stats)",
-            "max eval - train val loss": f"{per_run['gap'].max().max():.3f}",
+            "max eval - train val loss after epoch 2": f"{c[c['epoch'] > 2]['gap'].max():.3f}",
             "final eval - train val loss": _fmt(last["gap"]),
             "final lr": f"{last['lr'].mean():.2g}",
         }
@@ -108,8 +108,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "forum_table",
         "Forum instability per arm (mean ± std over seeds): the BN health monitor's events by cause (runs with one, "
         "the epoch of each run's first, checks flagged, one named layer and its channels), the smallest running_var "
-        "of the last BN layer, the largest and the final eval-mode minus train-mode validation loss, final lr and "
-        "final metrics.",
+        "of the last BN layer, the largest eval-mode minus train-mode validation loss after 'epoch' 2 (the EMA's "
+        "start-up excluded) and the final one, final lr and final metrics.",
     )
 
     seeds = sorted(e["seed"].unique())
@@ -122,17 +122,25 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         for i, seed in enumerate(seeds):
             ax = axes[i][j]
             c = e[(e["arm"] == arm) & (e["seed"] == seed)]
+            if c.empty:
+                ax.set_axis_off()
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"{ARM_LABELS.get(arm, arm)}, seed {seed}: not finished",
+                    ha="center",
+                    fontsize=8,
+                    transform=ax.transAxes,
+                )
+                continue
             for metric, (label, color, ls) in CURVES.items():
                 ax.plot(c["epoch"], c[metric], color=color, ls=ls, lw=1.2, label=label)
             ax.set_ylim(lo - 0.05, hi + 0.05)
             clipped = c[c["val_loss_running"] > hi + 0.05]
             ax.plot(clipped["epoch"], [hi + 0.05] * len(clipped), "^", color="tab:red", ms=5, clip_on=False)
-            lr = ax.twinx()
-            lr.step(c["epoch"], c["lr"], where="post", color="0.6", lw=0.8, label="lr (right)")
-            lr.set_yscale("log")
-            lr.tick_params(labelsize=6)
-            if j == len(arms) - 1:
-                lr.set_ylabel("lr", fontsize=7)
+            for x in c["epoch"][c["lr"].diff() < 0]:  # the plateau scheduler's decays (lr x 0.2)
+                ax.axvline(x - 0.5, color="0.5", lw=0.8, ls=":")
+                ax.text(x - 0.3, hi, "lr x0.2", fontsize=6, color="0.4", va="top")
             ax.set_title(f"{ARM_LABELS.get(arm, arm)}, seed {seed}", fontsize=8)
             if i == len(seeds) - 1:
                 ax.set_xlabel(xlabel)
@@ -140,7 +148,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
                 ax.set_ylabel("BCE - soft F1")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.01))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.subplots_adjust(left=0.06, right=0.95, bottom=0.14, top=0.93, wspace=0.45, hspace=0.35)
     written += save_figure(fig, out, "forum_losses")
 
     if rvcol in e:
@@ -162,7 +170,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         ax.text(
             0.99,
             FIXED_POINT * 4,
-            "5.6e-45 = 4 x 2^-149, the EMA's fixed point",
+            "5.6e-45 = 4 x 2**-149, the EMA fixed point",
             fontsize=7,
             color="0.4",
             ha="right",
