@@ -26,6 +26,7 @@ TINY_MODELS = {
     "resnet56": ({"width": 0.25}, 3, 8),
     "resnet18_cifar": ({"width": 0.125}, 3, 16),
     "convnet8": ({"width": 0.125}, 3, 16),
+    "dwsep": ({"width": 0.25}, 3, 16),
     "mlp_deep": ({"depth": 3, "width": 16, "input_size": 8}, 3, 8),
     "resnet18": ({}, 1, 64),  # grayscale input: conv1 is replaced
     "resnet50": ({}, 3, 64),  # 64 px so that layer4 still has 2x2 positions (instance norm needs > 1)
@@ -107,6 +108,28 @@ def test_parameter_counts_match_the_papers():
     convs = [(3, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
     expected = sum(9 * i * o + 2 * o for i, o in convs) + 512 * 10
     assert n_params("convnet8") == expected
+
+
+def test_dwsep_layout_shapes_and_parameter_count():
+    cfg = OmegaConf.create({"name": "dwsep", "width": 0.5, "strides": [2, 2, 2, 1]})
+    model = build_model(cfg, build_norm(OmegaConf.create({"name": "batch"})), 1, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # stem + 7 blocks x (pointwise 1x1, depthwise 3x3 with one group per channel)
+    assert len(convs) == 15 and all(c.groups == c.in_channels == c.out_channels for c in convs[2::2])
+    assert [c.kernel_size for c in convs[1:3]] == [(1, 1), (3, 3)]
+    feats = model.blocks(model.stem(torch.randn(2, 1, 28, 28)))
+    assert feats.shape == (2, 256, 4, 4)  # 28 -> 14 -> 7 -> 4, then the stride-1 last stage
+    # every block: pw weights in*out, dw weights 9*out, 2 norms of 2*out; stem 9*1*16 + 2*16; linear 256*10 + 10
+    chans = [16, 32, 64, 64, 128, 128, 256, 256]
+    expected = 9 * 16 + 32 + sum(i * o + 9 * o + 4 * o for i, o in zip(chans, chans[1:])) + 2570
+    assert sum(p.numel() for p in model.parameters()) == expected == 144346
+    with pytest.raises(ConfigError, match="model.channels"):
+        build_model(
+            OmegaConf.create({"name": "dwsep", "blocks": [1, 2]}),
+            build_norm(OmegaConf.create({"name": "batch"})),
+            1,
+            10,
+        )
 
 
 def test_convnet8_is_the_notebook_layout():

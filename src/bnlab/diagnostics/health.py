@@ -1,28 +1,55 @@
-"""BN health monitor: detects corrupted running (EMA) statistics, the failure in the PyTorch forum thread.
+"""BN health monitor: finds why eval-mode (running statistics) and train-mode (batch statistics) disagree.
 
-Symptoms it measures, per BN-like layer (any module with running_mean/running_var buffers):
-- running_var min/max and channels below 1e-30 or denormal in float32 (forum: min running_var 4.8e-34 at
+Per BN-like layer (any module with running_mean/running_var buffers) it measures, on training batches in train
+mode (what the EMA tracks) and on validation batches in eval mode (what inference sees):
+- running_var min/max, channels below `tiny_var` and denormal in float32 (forum: min running_var 4.8e-34 at
   "epoch" 300, 5.6e-45 at 700);
-- dead channels in recent batches: the layer's input is constant (zero variance, e.g. all zero after a ReLU),
-  which drives that channel's running_var toward 0;
-- discrepancy between running and current batch statistics: mean over channels of |mu_ema - mu_B| / sigma_B
-  and of |log(var_ema / var_B)| (Wu, "Devils in BatchNorm": BN fails when the EMA does not approximate
-  mu_B, sigma_B);
-and at model level the gap between eval-mode (running stats) and train-mode (batch stats) validation loss.
-An "EMA corruption" event needs both: the loss gap and a statistics discrepancy above their thresholds;
-it names the worst layers and channels.
+- dead channels: the layer's input is constant on the training batches (e.g. zero after a ReLU), which drives
+  that channel's running_var to 0, and in PyTorch's float32 EMA to 4 x 2^-149 = 5.6e-45, where
+  0.9 x 4 x 2^-149 rounds back to itself;
+- on validation batches, each channel's largest deviation from its running mean in running sigmas,
+  max |x - mu_ema| / sqrt(var_ema + eps): ~1 to ~5 for a healthy channel, ~|x| / sqrt(eps) for a collapsed one;
+- the running statistics against the training batches' own: per batch, |mu_ema - mu_B| / sigma_B and
+  |log(var_ema / var_B)| (Wu, "Devils in BatchNorm": BN fails when the EMA does not approximate mu_B, sigma_B),
+  and against the batches' average, with the spread of the batch means between batches set apart.
+
+Events, each naming layers and channels, by cause:
+- "collapsed_variance": a channel constant on training data (dead there, or running_var below `tiny_var`) that
+  is alive on validation data, which eval mode multiplies by up to 1/sqrt(eps). Needs no loss gap: it is a
+  latent fault that any validation or test input reaching the channel triggers.
+- "stale_ema": eval-mode loss above train-mode loss by more than `gap_threshold` and running statistics away
+  from the average training-batch statistics (the EMA lags, or never converged).
+- "batch_composition": the same loss gap with the EMA on the batches' average, but batch means that differ
+  between batches far more than i.i.d. batches' would (non-i.i.d. batches, claim C3): the model has learned to
+  rely on its batches' statistics, and no EMA fix can help.
+Every threshold lives in conf/train.yaml (`health:`), the one home of the defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from bnlab.config_errors import ConfigError
 from bnlab.norm.modes import mode, preserved_buffers
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32; below it values are denormal
+EVENTS = {
+    "collapsed_variance": "collapsed variance",
+    "stale_ema": "stale EMA",
+    "batch_composition": "batch composition",
+}
+REMEDIES = {
+    "collapsed_variance": "a larger eps (bounds the gain at 1/sqrt(eps)), a lower LR, or a batch-independent "
+    "norm; Precise BN cannot help (the channel is constant on training data)",
+    "stale_ema": "Precise BN (eval.modes+=precise), more steps or a larger momentum",
+    "batch_composition": "i.i.d. batches, Batch Renorm, or batch statistics at evaluation; not an EMA fix",
+}
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -36,16 +63,39 @@ def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @dataclass
 class HealthConfig:
-    enabled: bool = True
-    batches: int = 2  # training batches per check (cheap: a couple of forward passes)
-    every_n_steps: int = 0  # also log running_var extremes every N training steps (0 = only at evaluation)
-    tiny_var: float = 1e-30
-    gap_threshold: float = 0.25  # eval-mode minus train-mode validation loss, nats
-    discrepancy_threshold: float = 1.0  # worst layer's mean |mu_ema - mu_B| / sigma_B
-    log_var_threshold: float = 1.5  # worst layer's mean |log(var_ema / var_B)|
-    channel_z_threshold: float = 5.0  # ... or any single channel's |mu_ema - mu_B| / sigma_B
-    channel_log_var_threshold: float = 4.0  # ... or any single channel's |log(var_ema / var_B)| (a 55x variance error)
-    top_k: int = 5  # channels named per flagged layer
+    """The `health:` block of conf/train.yaml (meanings there); `HealthConfig.from_cfg` fills what is missing."""
+
+    enabled: bool
+    batches: int
+    val_batches: int
+    every_n_steps: int
+    tiny_var: float
+    collapse_z_threshold: float
+    gap_threshold: float
+    discrepancy_threshold: float
+    log_var_threshold: float
+    channel_z_threshold: float
+    channel_log_var_threshold: float
+    composition_threshold: float
+    top_k: int
+
+    @classmethod
+    def from_cfg(cls, health=None, **overrides) -> HealthConfig:
+        """conf/train.yaml's `health:` defaults, overlaid with a run's `health` block and keyword overrides."""
+        from bnlab.train.__main__ import CONF_DIR  # lazy: the Hydra entry point is not needed to monitor
+
+        base = OmegaConf.load(Path(CONF_DIR) / "train.yaml").health
+        merged = OmegaConf.merge(base, health or {}, overrides)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(f"health.{unknown[0]}", "not an option of the BN health monitor", allowed=sorted(known))
+        return cls(**{k: merged[k] for k in known})
+
+
+def _per_channel(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (C, N * ...)."""
+    return x.detach().float().transpose(0, 1).flatten(1)
 
 
 class BNHealthMonitor:
@@ -55,140 +105,204 @@ class BNHealthMonitor:
 
     # --- measurements -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def layer_stats(self, model: nn.Module, batches) -> dict[str, dict]:
-        """Per-layer statistics from a train-mode pass (what training sees); buffers are left untouched."""
+    def _collect(self, model: nn.Module, batches, n_batches: int, train: bool, fn) -> None:
         layers = bn_layers(model)
-        acc = {name: {"n": 0, "s": 0, "s2": 0} for name, _ in layers}
-
-        def hook(name):
-            def fn(module, inputs):
-                x = inputs[0].detach().float().transpose(0, 1).flatten(1)  # (C, N*H*W)
-                a = acc[name]
-                a["n"] += x.shape[1]
-                a["s"] = a["s"] + x.sum(1)
-                a["s2"] = a["s2"] + (x * x).sum(1)
-
-            return fn
-
-        handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers]
+        handles = [m.register_forward_pre_hook(lambda mod, inp, name=name: fn(name, mod, inp[0])) for name, m in layers]
         try:
-            with mode(model, train=True), preserved_buffers(model):
+            with mode(model, train=train), preserved_buffers(model):
                 for i, batch in enumerate(batches):
-                    if i >= self.cfg.batches:
+                    if i >= n_batches:
                         break
                     model(batch[0] if isinstance(batch, list | tuple) else batch)
         finally:
             for h in handles:
                 h.remove()
 
+    @torch.no_grad()
+    def layer_stats(self, model: nn.Module, batches, val_batches=None) -> dict[str, dict]:
+        """Per-layer statistics: training batches in train mode, validation batches in eval mode; buffers kept."""
+        c = self.cfg
+        per_batch = {name: [] for name, _ in bn_layers(model)}  # (mu_B, var_B, per-image means) per batch
+        val = {name: {"dev": None, "n": 0} for name in per_batch}
+
+        def on_train(name, module, x):
+            xc = _per_channel(x)
+            img_means = x.detach().float().flatten(2).mean(2) if x.ndim > 2 else x.detach().float()
+            per_batch[name].append((xc.mean(1), xc.var(1, unbiased=False), img_means))
+
+        def on_val(name, module, x):
+            dev = (_per_channel(x) - module.running_mean.float()[:, None]).abs().amax(1)
+            v = val[name]
+            v["dev"] = dev if v["dev"] is None else torch.maximum(v["dev"], dev)
+            v["n"] += 1
+
+        self._collect(model, batches, c.batches, True, on_train)
+        if val_batches is not None:
+            self._collect(model, val_batches, c.val_batches, False, on_val)
+
         stats = {}
-        for name, m in layers:
-            a = acc[name]
+        for name, m in bn_layers(model):
             rm, rv = m.running_mean.float(), m.running_var.float()
             eps = float(getattr(m, "eps", 1e-5))
+            tiny = rv < c.tiny_var
             s = {
                 "running_var_min": rv.min().item(),
                 "running_var_max": rv.max().item(),
-                "n_tiny_var": int((rv < self.cfg.tiny_var).sum()),
+                "n_tiny_var": int(tiny.sum()),
                 "n_denormal_var": int(((rv > 0) & (rv < FLOAT32_TINY)).sum()),
                 "channels": rv.numel(),
             }
-            if a["n"]:
-                mu = a["s"] / a["n"]
-                var = (a["s2"] / a["n"] - mu * mu).clamp_min(0)
-                z = (rm - mu).abs() / (var + eps).sqrt()
-                log_ratio = ((rv + eps) / (var + eps)).log().abs()
+            dead = tiny.clone()
+            if per_batch[name]:
+                mu = torch.stack([b[0] for b in per_batch[name]])  # (B, C)
+                var = torch.stack([b[1] for b in per_batch[name]])
+                img = torch.cat([b[2] for b in per_batch[name]])  # (B * N, C) per-image channel means
+                sigma = (var + eps).sqrt()
+                z = ((rm - mu).abs() / sigma).mean(0)  # running vs each batch
+                log_ratio = ((rv + eps) / (var + eps)).log().abs().mean(0)
+                mu_bar, var_bar = mu.mean(0), var.mean(0)
+                spread = mu.std(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu_bar)
+                # running vs the batches' average, in within-batch sigmas plus the between-batch spread of means
+                stale_z = (rm - mu_bar).abs() / ((var_bar + eps).sqrt() + spread)
+                stale_log = ((rv + eps) / (var_bar + eps)).log().abs()
+                # between-batch spread of means over what i.i.d. batches of this size would show (~1 if i.i.d.)
+                iid_se = img.std(0, unbiased=False) / math.sqrt(max(1, len(img) // len(mu)))
+                composition = spread / (iid_se + 1e-3 * (var_bar + eps).sqrt())
+                dead_train = var.amax(0) <= 1e-10 * (1 + mu_bar * mu_bar)
+                dead |= dead_train
                 s.update(
-                    dead_fraction=(var <= 1e-10 * (1 + mu * mu)).float().mean().item(),
+                    dead_fraction=dead_train.float().mean().item(),
                     mean_z=z.mean().item(),
                     max_z=z.max().item(),
                     mean_abs_log_var_ratio=log_ratio.mean().item(),
                     max_abs_log_var_ratio=log_ratio.max().item(),
-                    worst_channels=torch.topk(z + log_ratio, min(self.cfg.top_k, z.numel())).indices.tolist(),
+                    stale_mean_z=stale_z.mean().item(),
+                    stale_max_z=stale_z.max().item(),
+                    stale_mean_log_var=stale_log.mean().item(),
+                    stale_max_log_var=stale_log.max().item(),
+                    composition=composition.mean().item(),
+                    stale_channels=self._top(stale_z + stale_log),
+                    composition_channels=self._top(composition),
+                )
+            if val[name]["n"]:
+                val_z = val[name]["dev"] / (rv + eps).sqrt()
+                collapsed = dead & (val_z > c.collapse_z_threshold)
+                s.update(
+                    val_max_z=val_z.max().item(),
+                    collapsed_channels=collapsed.nonzero().flatten().tolist(),
+                    collapsed_val_z=val_z[collapsed].tolist(),
                 )
             stats[name] = s
         return stats
 
+    def _top(self, score: torch.Tensor) -> list[int]:
+        return torch.topk(score, min(self.cfg.top_k, score.numel())).indices.tolist()
+
     @staticmethod
     def running_var_extremes(model: nn.Module) -> dict:
-        rvs = [m.running_var.detach().float() for _, m in bn_layers(model)]
-        if not rvs:
+        layers = bn_layers(model)
+        if not layers:
             return {}
-        allv = torch.cat(rvs)
-        return {"health/running_var_min": allv.min().item(), "health/running_var_max": allv.max().item()}
+        allv = torch.cat([m.running_var.detach().float() for _, m in layers])
+        return {
+            "health/running_var_min": allv.min().item(),
+            "health/running_var_max": allv.max().item(),
+            "health/last_bn_running_var_min": layers[-1][1].running_var.detach().float().min().item(),
+        }
 
     # --- verdict ------------------------------------------------------------------------------------------
-    def check(self, model: nn.Module, batches, metrics: dict, epoch: int | None = None) -> dict:
-        """Measure, judge, remember any event; return flat `health/*` metrics for the epoch's row."""
-        stats = self.layer_stats(model, batches)
+    def _stale(self, s: dict) -> bool:
+        c = self.cfg
+        return (
+            s.get("stale_mean_z", 0) > c.discrepancy_threshold
+            or s.get("stale_mean_log_var", 0) > c.log_var_threshold
+            or s.get("stale_max_z", 0) > c.channel_z_threshold
+            or s.get("stale_max_log_var", 0) > c.channel_log_var_threshold
+        )
+
+    def check(self, model: nn.Module, batches, metrics: dict, epoch: int | None = None, val_batches=None) -> dict:
+        """Measure, judge, remember any events; return flat `health/*` metrics for the epoch's row."""
+        stats = self.layer_stats(model, batches, val_batches)
         if not stats:
             return {}
         gap = None
         if "val_loss_running" in metrics and "val_loss_batch" in metrics:
             gap = metrics["val_loss_running"] - metrics["val_loss_batch"]
         last = list(stats)[-1]
-        worst = max(stats, key=lambda n: stats[n].get("mean_z", 0) + stats[n].get("mean_abs_log_var_ratio", 0))
+        total = sum(s["channels"] for s in stats.values())
         row = {
             "health/eval_train_loss_gap": gap,
             "health/running_var_min": min(s["running_var_min"] for s in stats.values()),
             "health/last_bn_running_var_min": stats[last]["running_var_min"],
             "health/n_tiny_var": sum(s["n_tiny_var"] for s in stats.values()),
             "health/n_denormal_var": sum(s["n_denormal_var"] for s in stats.values()),
-            "health/dead_fraction": sum(s.get("dead_fraction", 0) * s["channels"] for s in stats.values())
-            / sum(s["channels"] for s in stats.values()),
-            "health/max_mean_z": stats[worst].get("mean_z", 0.0),
-            "health/max_mean_abs_log_var_ratio": max(s.get("mean_abs_log_var_ratio", 0) for s in stats.values()),
-            "health/max_channel_z": max(s.get("max_z", 0) for s in stats.values()),
-            "health/max_channel_abs_log_var_ratio": max(s.get("max_abs_log_var_ratio", 0) for s in stats.values()),
+            "health/dead_fraction": sum(s.get("dead_fraction", 0) * s["channels"] for s in stats.values()) / total,
+            "health/max_mean_z": max(s.get("mean_z", 0) for s in stats.values()),
+            "health/max_stale_z": max(s.get("stale_max_z", 0) for s in stats.values()),
+            "health/max_composition": max(s.get("composition", 0) for s in stats.values()),
+            "health/max_val_z": max(s.get("val_max_z", 0) for s in stats.values()),
         }
-        c = self.cfg
-        discrepant = [
-            n
-            for n, s in stats.items()
-            if s.get("mean_z", 0) > c.discrepancy_threshold
-            or s.get("mean_abs_log_var_ratio", 0) > c.log_var_threshold
-            or s.get("max_z", 0) > c.channel_z_threshold
-            or s.get("max_abs_log_var_ratio", 0) > c.channel_log_var_threshold
-        ]
-        flagged = gap is not None and gap > self.cfg.gap_threshold and bool(discrepant)
-        row["health/ema_corruption"] = int(flagged)
-        if flagged:
-            discrepant.sort(key=lambda n: -(stats[n].get("mean_z", 0) + stats[n].get("mean_abs_log_var_ratio", 0)))
-            self.events.append(
+        found: dict[str, list[dict]] = {}
+        collapsed = [n for n, s in stats.items() if s.get("collapsed_channels")]
+        if collapsed:
+            found["collapsed_variance"] = [
                 {
-                    "event": "ema_corruption",
-                    "epoch": epoch,
-                    "eval_train_loss_gap": gap,
-                    "layers": [
-                        {
-                            "layer": n,
-                            "channels": stats[n].get("worst_channels", []),
-                            "mean_z": stats[n].get("mean_z"),
-                            "mean_abs_log_var_ratio": stats[n].get("mean_abs_log_var_ratio"),
-                            "running_var_min": stats[n]["running_var_min"],
-                        }
-                        for n in discrepant[:3]
-                    ],
+                    "layer": n,
+                    "channels": stats[n]["collapsed_channels"],
+                    "val_z": [round(z, 1) for z in stats[n]["collapsed_val_z"]],
+                    "running_var_min": stats[n]["running_var_min"],
                 }
+                for n in collapsed
+            ]
+        if gap is not None and gap > self.cfg.gap_threshold:
+            stale = sorted((n for n, s in stats.items() if self._stale(s)), key=lambda n: -stats[n]["stale_max_z"])
+            composed = sorted(
+                (n for n, s in stats.items() if s.get("composition", 0) > self.cfg.composition_threshold),
+                key=lambda n: -stats[n]["composition"],
             )
+            if stale:
+                found["stale_ema"] = [
+                    {
+                        "layer": n,
+                        "channels": stats[n]["stale_channels"],
+                        "stale_mean_z": stats[n]["stale_mean_z"],
+                        "stale_mean_log_var": stats[n]["stale_mean_log_var"],
+                    }
+                    for n in stale[:3]
+                ]
+            elif composed and not collapsed:
+                found["batch_composition"] = [
+                    {"layer": n, "channels": stats[n]["composition_channels"], "composition": stats[n]["composition"]}
+                    for n in composed[:3]
+                ]
+        row["health/n_collapsed"] = sum(len(x["channels"]) for x in found.get("collapsed_variance", []))
+        for kind in EVENTS:
+            row[f"health/{kind}"] = int(kind in found)
+        for kind, layers in found.items():
+            self.events.append({"event": kind, "epoch": epoch, "eval_train_loss_gap": gap, "layers": layers})
         return row
 
     def describe(self) -> str:
         if not self.events:
-            return "BN health: no EMA-corruption event"
-        e = self.events[-1]
-        layers = ", ".join(f"{x['layer']} (channels {x['channels']})" for x in e["layers"])
-        return (
-            f"BN health: {len(self.events)} EMA-corruption event(s); last at epoch {e['epoch']}: eval-mode "
-            f"val loss exceeds train-mode by {e['eval_train_loss_gap']:.3g}; running statistics disagree with "
-            f"batch statistics in {layers}. Remedies: Precise BN (eval.modes+=precise), lower LR, larger eps, "
-            f"or a batch-independent norm."
-        )
+            return "BN health: no event"
+        parts = []
+        for kind, label in EVENTS.items():
+            mine = [e for e in self.events if e["event"] == kind]
+            if not mine:
+                continue
+            e = mine[-1]
+            layers = ", ".join(f"{x['layer']} (channels {x['channels']})" for x in e["layers"])
+            gap = e["eval_train_loss_gap"]
+            parts.append(
+                f"{len(mine)} {label} event(s), last at epoch {e['epoch']}"
+                + (f" (eval-mode minus train-mode val loss {gap:.3g})" if gap is not None else "")
+                + f" in {layers}; remedies: {REMEDIES[kind]}"
+            )
+        return "BN health: " + ". ".join(parts) + "."
 
 
 def build_monitor(cfg) -> BNHealthMonitor | None:
     hcfg = cfg.get("health") if cfg is not None else None
     if not hcfg or not hcfg.get("enabled", True):
         return None
-    known = HealthConfig.__dataclass_fields__
-    return BNHealthMonitor(HealthConfig(**{k: v for k, v in hcfg.items() if k in known}))
+    return BNHealthMonitor(HealthConfig.from_cfg(hcfg))

@@ -23,23 +23,21 @@ def health_report(run_dir: Path, overrides: list[str] = (), batches: int = 8) ->
     metrics = {
         f"val_{k}_{m}": v for m in ("running", "batch") for k, v in evaluate(model, data.val, loss_fn, m).items()
     }
-    known = HealthConfig.__dataclass_fields__
-    monitor = BNHealthMonitor(
-        HealthConfig(**{**{k: v for k, v in (cfg.get("health") or {}).items() if k in known}, "batches": batches})
-    )
-    stats = monitor.layer_stats(model, data.train)  # batch statistics of training batches: what the EMA tracks
-    row = monitor.check(model, data.train, metrics)
+    monitor = BNHealthMonitor(HealthConfig.from_cfg(cfg.get("health"), batches=batches, val_batches=batches))
+    stats = monitor.layer_stats(model, data.train, data.val)  # training batches (train mode), validation (eval)
+    row = monitor.check(model, data.train, metrics, val_batches=data.val)
     lines = [
         f"run {run_dir}",
         "val loss/err with running stats: {val_loss_running:.4f} / {val_err_running:.4f}; "
         "with batch stats: {val_loss_batch:.4f} / {val_err_batch:.4f}".format(**metrics),
-        f"{'layer':<28}{'rv_min':>11}{'rv_max':>11}{'tiny':>6}{'denorm':>7}{'dead':>7}{'mean_z':>8}{'|logvr|':>8}",
+        f"{'layer':<28}{'rv_min':>11}{'rv_max':>11}{'tiny':>6}{'denorm':>7}{'dead':>7}{'mean_z':>8}{'stale_z':>8}"
+        f"{'compos':>8}{'val_z':>10}",
     ]
     for name, s in stats.items():
         lines.append(
             f"{name:<28}{s['running_var_min']:>11.3g}{s['running_var_max']:>11.3g}{s['n_tiny_var']:>6}"
             f"{s['n_denormal_var']:>7}{s.get('dead_fraction', 0):>7.2f}{s.get('mean_z', 0):>8.2f}"
-            f"{s.get('mean_abs_log_var_ratio', 0):>8.2f}"
+            f"{s.get('stale_max_z', 0):>8.2f}{s.get('composition', 0):>8.2f}{s.get('val_max_z', 0):>10.3g}"
         )
     lines.append(f"eval-train loss gap: {row['health/eval_train_loss_gap']:.4f}")
     lines.append(monitor.describe())

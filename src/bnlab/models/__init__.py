@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 # importing the model modules fills the registry
-from bnlab.models import convnet8, mlp_deep, resnet18_cifar, resnet_cifar, resnet_imagenet  # noqa: F401
+from bnlab.models import convnet8, dwsep, mlp_deep, resnet18_cifar, resnet_cifar, resnet_imagenet  # noqa: F401
 from bnlab.models.registry import MODELS, register
 
 

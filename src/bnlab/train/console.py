@@ -23,4 +23,7 @@ def format_row(row: dict, epochs: int | None = None) -> str:
         f"epoch {row['epoch']}{f'/{epochs}' if epochs else ''} lr {row['lr']:.3g} loss {row['train_loss']:.4g} | "
         f"err% train {100 * row['train_err']:.1f} {_val_errors(row)} | {row.get('epoch_time', 0.0):.0f}s"
     )
-    return text + ("  BN-HEALTH: EMA corruption" if row.get("health/ema_corruption") else "")
+    events = [
+        k.replace("_", " ") for k in ("collapsed_variance", "stale_ema", "batch_composition") if row.get(f"health/{k}")
+    ]
+    return text + (f"  BN-HEALTH: {', '.join(events)}" if events else "")

@@ -73,7 +73,7 @@ def _evaluate_epoch(cfg, job: Built, monitor, row: dict, epoch: int) -> None:
         for k, v in evaluate(job.model, data.train_eval, job.loss_fn, "running").items():
             row[f"train_{k}_running"] = v
     if monitor is not None:  # on training batches: their statistics are what the EMA tracks
-        row.update(monitor.check(job.model, job.data.train, row, epoch=epoch + 1))
+        row.update(monitor.check(job.model, job.data.train, row, epoch=epoch + 1, val_batches=job.data.val))
 
 
 def _health_step_hook(monitor, model, logger, progress: Progress):

@@ -151,7 +151,8 @@ class Schedule:
         self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
     def step_batch(self) -> None:
-        self.lambda_lr.step()
+        if self.plateau is None:  # LambdaLR.step() rewrites lr = base_lr * factor: it would undo every reduction
+            self.lambda_lr.step()
 
     def step_epoch(self, metrics: dict) -> None:
         if self.plateau is not None and self.monitor in metrics:

@@ -28,6 +28,10 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
     "train.channels_last": False,  # the fast paths of bnlab.train.fast, off: the step of earlier runs
     "train.autocast": None,
     "train.compile": False,
+    # the BN health monitor only watches: its new thresholds change which events are reported, not the run
+    "health.val_batches": 4,
+    "health.collapse_z_threshold": 10.0,
+    "health.composition_threshold": 3.0,
 }
 
 
