@@ -12,7 +12,7 @@ from bnlab.train.optim import Schedule
 def test_plateau_reduction_persists_through_batches():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    cfg = OmegaConf.create({"name": "plateau", "monitor": "train_loss", "factor": 0.2, "patience": 1})
+    cfg = OmegaConf.create({"name": "plateau", "monitor": "train_loss", "factor": 0.2, "patience": 1, "min_lr": 0.0})
     sched = Schedule(cfg, opt, steps_per_epoch=5, epochs=10)
     lrs = []
     for _epoch in range(6):

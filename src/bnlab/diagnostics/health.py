@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from bnlab import CONF_DIR
 from bnlab.config_errors import ConfigError
 from bnlab.norm.modes import mode, preserved_buffers
 
@@ -82,7 +83,6 @@ class HealthConfig:
     @classmethod
     def from_cfg(cls, health=None, **overrides) -> HealthConfig:
         """conf/train.yaml's `health:` defaults, overlaid with a run's `health` block and keyword overrides."""
-        from bnlab.train.__main__ import CONF_DIR  # lazy: the Hydra entry point is not needed to monitor
 
         base = OmegaConf.load(Path(CONF_DIR) / "train.yaml").health
         merged = OmegaConf.merge(base, health or {}, overrides)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bnlab import REPO_ROOT
+from bnlab import CONF_DIR
 from bnlab.config_errors import ConfigError
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.train.checkpoint import CheckpointError
-
-CONF_DIR = str(Path(os.environ.get("BNLAB_CONF", REPO_ROOT / "conf")).resolve())
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
