@@ -51,6 +51,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "train.batch_size")
     _positive_int(cfg, "train.epochs")
     _positive_int(cfg, "train.processes", allow_none=True)
+    _positive_int(cfg, "train.accumulate", allow_none=True)  # micro-batches per optimizer step
     processes = int(cfg.train.get("processes") or 1)
     if cfg.train.batch_size % processes:
         raise ConfigError(

@@ -18,6 +18,7 @@ from bnlab.data import build_data
 from bnlab.diagnostics import build_monitor
 from bnlab.models import build_model
 from bnlab.norm import build_norm
+from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
 from bnlab.train.evaluate import evaluate
@@ -71,7 +72,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def train_one_epoch(
-    model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20, step_hook=None, rank=SINGLE
+    model,
+    loader,
+    loss_fn,
+    optimizer,
+    schedule,
+    epoch,
+    progress,
+    check_every=20,
+    step_hook=None,
+    rank=SINGLE,
+    accumulate=1,
 ):
     model.train()
     loader.set_epoch(epoch)
@@ -79,13 +90,11 @@ def train_one_epoch(
     wrong = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
+    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader))  # train.accumulate micro-batches
     for i, (x, y) in enumerate(bar):
         logits = model(x)
         loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step_batch()
+        stepper.backward(loss)  # optimizer and schedule step every `accumulate` micro-batches
         loss_sum += loss.detach().float() * len(y)
         wrong += (logits.detach().argmax(1) != y).sum()
         n += len(y)
@@ -119,7 +128,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     epochs = int(cfg.train.epochs)
-    schedule = Schedule(cfg.schedule, optimizer, len(data.train), epochs)
+    accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
+    schedule = Schedule(cfg.schedule, optimizer, optimizer_steps(len(data.train), accumulate), epochs)
     loss_fn = build_loss(cfg.loss, data.num_classes)
     with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
         if not owned:
@@ -196,9 +206,10 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                         bool(cfg.train.get("progress", True)),
                         step_hook=step_hook,
                         rank=rank,
+                        accumulate=accumulate,
                     )
                 )
-                step += len(data.train)
+                step += optimizer_steps(len(data.train), accumulate)
                 for eval_mode, suffix, samples in eval_variants(cfg.eval):
                     for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
                         row[f"val_{k}_{suffix}"] = v

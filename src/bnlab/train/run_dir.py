@@ -22,7 +22,9 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 
 # keys added after results were committed, left out of the identity while they hold the value that reproduces
 # the earlier behaviour, so adding a switch does not rename (and re-run) every existing run directory
-NEUTRAL_DEFAULTS: dict[str, object] = {}
+NEUTRAL_DEFAULTS: dict[str, object] = {
+    "train.accumulate": 1,  # one micro-batch per optimizer step (train/accumulate.py)
+}
 
 
 _ANY = object()
