@@ -43,6 +43,11 @@ def _renorm(cfg) -> NormFactory:
     return lambda c: BatchRenorm2d(c, **kw)
 
 
+def _virtual(cfg) -> NormFactory:
+    # plain BatchNorm2d layers; the reference batch (norm.reference_size) is attached to the model (norm/attach.py)
+    return lambda c: BatchNorm2d(c, eps=cfg.get("eps", 1e-5), momentum=cfg.get("momentum", 0.1))
+
+
 def _frozen(cfg) -> NormFactory:
     # statistics mean 0 / var 1 until loaded, precise-BN'd before freezing, or set by an experiment
     return lambda c: FrozenBatchNorm2d(c, eps=cfg.get("eps", 1e-5), trainable_affine=cfg.get("trainable_affine", True))
@@ -82,6 +87,7 @@ def _none(cfg) -> NormFactory:
 NORMS: dict[str, Callable[..., NormFactory]] = {
     "batch": _batch,
     "renorm": _renorm,
+    "virtual": _virtual,
     "frozen": _frozen,
     "separate": _separate,
     "group": _group,
