@@ -16,6 +16,7 @@ from bnlab.config_errors import ConfigError
 from bnlab.data.augment import BatchAugment
 from bnlab.data.cifar import load_cifar
 from bnlab.data.device_loader import DeviceLoader
+from bnlab.data.domains import validate_domains, with_domains
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.imbalance import imbalance_indices
@@ -54,6 +55,7 @@ class DataBundle:
     in_channels: int
     image_size: int
     info: dict = field(default_factory=dict)  # sizes and normalization constants, recorded in summary.json
+    target_val: DeviceLoader | None = None  # the shifted target domain's validation set (data/domains.py)
 
 
 def channel_stats(images_uint8: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -172,12 +174,13 @@ def validate_data_config(cfg) -> None:
         if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
             raise ConfigError("data.imbalance.classes", f"need a non-empty list of labels, got {classes!r}")
     validate_sampler_config(cfg)
+    validate_domains(cfg)  # domains.* (data/domains.py)
 
 
 def build_data(cfg, device="cpu") -> DataBundle:
     name = cfg.data.get("name")
     if name in IN_MEMORY:
-        return _build_in_memory(cfg, device)
+        return with_domains(_build_in_memory(cfg, device), cfg)  # + target domain when cfg.domains asks
     if name == "imagenette":
         return _build_imagenette(cfg, device)
     raise ConfigError("data.name", f"unknown dataset {name!r}", allowed=sorted(DATASETS))

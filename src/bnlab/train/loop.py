@@ -17,7 +17,7 @@ from bnlab.config import validate
 from bnlab.data import build_data
 from bnlab.diagnostics import build_monitor
 from bnlab.models import build_model
-from bnlab.norm import build_norm
+from bnlab.norm import attach_norm_inputs, build_norm
 from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
@@ -91,8 +91,8 @@ def train_one_epoch(
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
     stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader))  # train.accumulate micro-batches
-    for i, (x, y) in enumerate(bar):
-        logits = model(x)
+    for i, (x, y, *domain) in enumerate(bar):
+        logits = model(x, *domain)  # per-sample domain ids when the data has domains (data/domains.py)
         loss = loss_fn(logits, y)
         stepper.backward(loss)  # optimizer and schedule step every `accumulate` micro-batches
         loss_sum += loss.detach().float() * len(y)
@@ -126,6 +126,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
     data = build_data(cfg, device)
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
+    attach_norm_inputs(model, cfg, data)  # domain ids, Virtual BN's reference batch -> norm layers (norm/attach.py)
     optimizer = build_optimizer(cfg.optim, model)
     epochs = int(cfg.train.epochs)
     accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
@@ -213,6 +214,9 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
                 for eval_mode, suffix, samples in eval_variants(cfg.eval):
                     for k, v in evaluate(model, data.val, loss_fn, eval_mode, data.train, samples).items():
                         row[f"val_{k}_{suffix}"] = v
+                    if data.target_val is not None:  # the shifted target domain (data/domains.py)
+                        for k, v in evaluate(model, data.target_val, loss_fn, eval_mode, data.train, samples).items():
+                            row[f"target_{k}_{suffix}"] = v
                 if monitor is not None:
                     row.update(
                         monitor.check(model, data.train, row, epoch=epoch + 1)

@@ -24,6 +24,7 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 # the earlier behaviour, so adding a switch does not rename (and re-run) every existing run directory
 NEUTRAL_DEFAULTS: dict[str, object] = {
     "train.accumulate": 1,  # one micro-batch per optimizer step (train/accumulate.py)
+    "domains": {"name": "none"},  # no target domain (data/domains.py)
 }
 
 
