@@ -22,6 +22,7 @@ from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, spawn_ranks, wrap_model
 from bnlab.train.evaluate import evaluate
+from bnlab.train.finetune import prepare_finetune
 from bnlab.train.losses import build_loss
 from bnlab.train.optim import Schedule, build_optimizer
 from bnlab.train.run_dir import RunDir, run_id
@@ -127,6 +128,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     data = build_data(cfg, device)
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
     attach_norm_inputs(model, cfg, data)  # domain ids, Virtual BN's reference batch -> norm layers (norm/attach.py)
+    finetuned = prepare_finetune(model, cfg, data)  # finetune.from: load a run's weights, keep or freeze BN
     optimizer = build_optimizer(cfg.optim, model)
     epochs = int(cfg.train.epochs)
     accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
@@ -182,6 +184,7 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
             "run_dir": str(rd.root),
             "n_params": sum(p.numel() for p in model.parameters()),
             "data": data.info,
+            **({"finetune": finetuned} if finetuned else {}),
             **environment(device),
         }
         status, t0 = "running", time.time()

@@ -25,6 +25,7 @@ NON_IDENTITY_KEYS = ("out_dir", "logger", "device", "train.resume", "train.progr
 NEUTRAL_DEFAULTS: dict[str, object] = {
     "train.accumulate": 1,  # one micro-batch per optimizer step (train/accumulate.py)
     "domains": {"name": "none"},  # no target domain (data/domains.py)
+    "finetune": {"from": None, "norm": "keep", "recompute_stats": False},  # train from scratch (train/finetune.py)
 }
 
 
