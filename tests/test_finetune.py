@@ -81,7 +81,8 @@ def test_recompute_stats_freezes_at_the_fine_tuning_data_statistics(tiny_cfg, so
     assert done["recompute_samples"] == 128 and isinstance(model.stem[1], FrozenBatchNorm2d)
     oracle = _model(cfg, data)  # Adaptive BN by hand: the trained model, statistics of the target training data
     oracle.load_state_dict(load_checkpoint(source_run / "checkpoint.pt")["model"])
-    precise_bn(oracle, data.train, 128)
+    images = data.train.transform(data.train.images[:128])  # the first 128 fine-tuning images, eval batches of 64
+    precise_bn(oracle, [images[:64], images[64:]], 128)
     torch.testing.assert_close(model.stem[1].running_var, oracle.stem[1].running_var)
     torch.testing.assert_close(model.blocks[4].bn2.running_mean, oracle.blocks[4].bn2.running_mean)
     source = copy.deepcopy(oracle)

@@ -64,6 +64,13 @@ def resolve_checkpoint(cfg, source: str) -> Path:
     return path
 
 
+def statistics_batches(loader, batch_size: int):
+    """The loader's images in their stored order, preprocessed without augmentation, in batches of `batch_size`
+    (not the small fine-tuning batches: in the Precise-BN pass upstream layers normalize with batch statistics)."""
+    for start in range(0, len(loader.images), batch_size):
+        yield loader.transform(loader.images[start : start + batch_size])
+
+
 def prepare_finetune(model: nn.Module, cfg, data) -> dict | None:
     """Load `finetune.from` into `model` (in place) and apply `finetune.norm`; None when not fine-tuning.
     Returns what was done, for summary.json."""
@@ -73,8 +80,9 @@ def prepare_finetune(model: nn.Module, cfg, data) -> dict | None:
     path = resolve_checkpoint(cfg, str(ft["from"]))
     model.load_state_dict(load_checkpoint(path)["model"])
     done = {"from": str(path), "norm": ft.get("norm", "keep"), "recompute_stats": bool(ft.get("recompute_stats"))}
-    if done["recompute_stats"]:  # Adaptive BN on the fine-tuning data's own batches
-        done["recompute_samples"] = adaptive_bn(model, data.train, int(cfg.eval.get("precise_samples", 8192)))
+    if done["recompute_stats"]:  # Adaptive BN on the fine-tuning images, in batches of eval.batch_size
+        batches = statistics_batches(data.train, int(cfg.eval.get("batch_size") or cfg.train.batch_size))
+        done["recompute_samples"] = adaptive_bn(model, batches, int(cfg.eval.get("precise_samples", 8192)))
     if done["norm"] == "frozen":
         freeze_batchnorm(model, trainable_affine=False)  # the talk's "constant affine layers"
     return done
