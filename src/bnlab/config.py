@@ -28,6 +28,7 @@ def validate(cfg: DictConfig) -> None:
     from bnlab.models import MODELS
     from bnlab.norm import NORMS, validate_norm
     from bnlab.train.evaluate import EVAL_MODES
+    from bnlab.train.finetune import validate_finetune
     from bnlab.train.losses import LOSSES
     from bnlab.train.optim import OPTIMIZERS, SCHEDULES
     from bnlab.train.wandb_logger import MODES
@@ -52,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "train.batch_size")
     _positive_int(cfg, "train.epochs")
     _positive_int(cfg, "train.processes", allow_none=True)
+    _positive_int(cfg, "train.accumulate", allow_none=True)  # micro-batches per optimizer step
     processes = int(cfg.train.get("processes") or 1)
     if cfg.train.batch_size % processes:
         raise ConfigError(
@@ -65,5 +67,6 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.get("device", "auto"))
     if not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ConfigError("device", f"got {device!r}", allowed=("auto", "cpu", "cuda", "cuda:N"))
+    validate_finetune(cfg)  # finetune.* (train/finetune.py)
     validate_norm(cfg)  # norm.nbs against the batch sizes, BRN schedule, precise-BN samples
     validate_data_config(cfg)  # data keys, imbalance, sampler k x m vs batch sizes, eval sampler

@@ -16,6 +16,7 @@ from bnlab.config_errors import ConfigError
 from bnlab.data.augment import BatchAugment
 from bnlab.data.cifar import load_cifar
 from bnlab.data.device_loader import DeviceLoader
+from bnlab.data.domains import validate_domains, with_domains
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.glyphs import load_glyphs
@@ -90,6 +91,7 @@ class DataBundle:
     info: dict = field(default_factory=dict)  # sizes and normalization constants, recorded in summary.json
     val_batch: DeviceLoader | WorkerLoader | None = None  # eval.sampler's batches, for eval mode "batch"
     train_eval: DeviceLoader | None = None  # eval.train_images training images, unaugmented, each once
+    target_val: DeviceLoader | None = None  # the shifted target domain's validation set (data/domains.py)
 
 
 def channel_stats(images_uint8: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -255,13 +257,14 @@ def validate_data_config(cfg) -> None:
     if isinstance(subset, int) and not isinstance(subset, bool):
         _check_enough_images(cfg, subset)
     validate_sampler_config(cfg)
+    validate_domains(cfg)  # domains.* (data/domains.py)
 
 
 def build_data(cfg, device="cpu") -> DataBundle:
     source = DATASETS.build(cfg.data, shared=SHARED_KEYS)
     if isinstance(source, Streamed):
         return _build_imagenette(cfg, device)
-    return _build_in_memory(cfg, device, source)
+    return with_domains(_build_in_memory(cfg, device, source), cfg)  # + target domain when cfg.domains asks
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Normalization layers and the one factory every model uses to build them.
 
 One file per idea: batchnorm (plain BN, the NBS knob), ghost (Ghost BN), sync (Sync BN), renorm (Batch Renorm),
-frozen, separate (per-domain statistics), virtual (reference-batch BN), precise (Precise / Adaptive BN), modes
+frozen, separate (per-domain statistics), virtual (reference-batch BN), attach (domain ids and the reference batch reach
+the layers through model hooks), precise (Precise / Adaptive BN), modes
 (train/eval switching that leaves buffers untouched), stats (the sums -> mean/var formula they share), factory
 (config -> layer), validate (config checks).
 
@@ -14,9 +15,9 @@ statistics of each device's batch normalize in training, they update the EMA, an
 | Batch Renorm (which mu)           | renorm.py:BatchRenorm2d         | norm=renorm                           |
 | Sync BN (how mu_B: all devices)   | sync.py:sync_batch_norm         | norm.nbs > batch/N, train.processes=N |
 | Ghost BN (how mu_B: split batch)  | ghost.py:ghost_batch_norm       | norm=ghost (norm.nbs < batch)         |
-| Virtual BN (how mu_B: +reference) | virtual.py:virtual_bn           | none: `with virtual_bn(model, ref)`   |
+| Virtual BN (how mu_B: +reference) | virtual.py:attach_reference_batch | norm=virtual (norm.reference_size)  |
 | No EMA update (whether to update) | batchnorm.py:BatchNorm2d        | norm.update_stats=false               |
-| Separate BN (update per domain)   | separate.py:SeparateBatchNorm2d | norm=separate (+ use_domain)          |
+| Separate BN (update per domain)   | separate.py:SeparateBatchNorm2d | norm=separate domains=shifted         |
 | Precise BN (what at test)         | precise.py:precise_bn           | eval.modes=[..,precise]               |
 | Adaptive BN (test: target data)   | precise.py:adaptive_bn          | eval.modes=[..,adaptive]              |
 | Frozen BN (test / fine-tuning)    | frozen.py:FrozenBatchNorm2d     | norm=frozen; freeze_batchnorm(m)      |
@@ -24,14 +25,15 @@ statistics of each device's batch normalize in training, they update the EMA, an
 Batch statistics at test time (BN in training mode on test batches) are eval.modes: [batch] (train/evaluate.py).
 """
 
+from bnlab.norm.attach import attach_norm_inputs
 from bnlab.norm.batchnorm import BatchNorm2d, no_stats_update
 from bnlab.norm.factory import NORMS, build_norm
 from bnlab.norm.frozen import FrozenBatchNorm2d, freeze_batchnorm
 from bnlab.norm.precise import adaptive_bn, batchnorm_layers, frozen_ema, precise_bn
 from bnlab.norm.renorm import BatchRenorm2d
-from bnlab.norm.separate import SeparateBatchNorm2d, set_domain, use_domain
+from bnlab.norm.separate import SeparateBatchNorm2d, route_domains, set_domain, use_domain
 from bnlab.norm.validate import validate_norm
-from bnlab.norm.virtual import virtual_bn
+from bnlab.norm.virtual import attach_reference_batch, virtual_bn
 
 __all__ = [
     "NORMS",
@@ -40,12 +42,15 @@ __all__ = [
     "FrozenBatchNorm2d",
     "SeparateBatchNorm2d",
     "adaptive_bn",
+    "attach_norm_inputs",
+    "attach_reference_batch",
     "batchnorm_layers",
     "build_norm",
     "freeze_batchnorm",
     "frozen_ema",
     "no_stats_update",
     "precise_bn",
+    "route_domains",
     "set_domain",
     "use_domain",
     "validate_norm",

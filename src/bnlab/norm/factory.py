@@ -37,6 +37,12 @@ def batch_renorm(num_features: int, eps: float, momentum: float, r_max: float, d
                          device=device, dtype=dtype, **at)  # fmt: skip
 
 
+@NORMS.register("virtual")
+def virtual_batch_norm(num_features: int, eps: float, momentum: float, reference_size: int, device=None, dtype=None):
+    # plain BatchNorm2d layers; the reference batch (norm.reference_size) is attached to the model (norm/attach.py)
+    return BatchNorm2d(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+
+
 @NORMS.register("group")
 def group_norm(num_features: int, groups: int, eps: float) -> nn.Module:
     g = min(groups, num_features)  # capped at the channel count (16-channel layers get 16 groups)

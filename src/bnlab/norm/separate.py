@@ -2,8 +2,11 @@
 
 When batches come from different domains (source/target, real/fake, per dataset), one EMA averages
 distributions that are never seen together at test time. Each domain keeps its own running mean and variance;
-the learned weight and bias are shared. The domain is chosen per call (`layer(x, domain=1)`) or, for models whose
-forward does not pass it, for every layer at once with `use_domain(model, d)` / `set_domain(model, d)`.
+the learned weight and bias are shared. The domain is chosen per call (`layer(x, domain=1)`), per sample (`domain`
+a tensor of ids: each domain's samples are normalized by their own batch statistics and move only their own
+EMA, so one mixed-domain batch trains every domain), or, for models whose forward does not pass it, for every
+layer at once with `use_domain(model, d)` / `set_domain(model, d)` or the ids of the model's input
+(`route_domains`: `model(x, domain_ids)`).
 state_dict: ``weight, bias, domains.<d>.running_mean, domains.<d>.running_var, domains.<d>.num_batches_tracked``.
 """
 
@@ -53,6 +56,7 @@ class SeparateBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features, **kw)) if affine else None
         self.domains = nn.ModuleList(DomainStats(num_features, **kw) for _ in range(num_domains))
         self.domain = 0  # the active domain when forward is not told one
+        self.batch_domains: Tensor | None = None  # per-sample ids of the current model input (route_domains)
 
     # the active domain's statistics, so code written for BN layers (precise_bn, freezing) works on it
     running_mean = property(lambda self: self.domains[self.domain].running_mean)
@@ -64,12 +68,33 @@ class SeparateBatchNorm2d(nn.Module):
             raise ValueError(f"domain {domain} out of range for {self.num_domains} domains")
         self.domain = domain
 
-    def forward(self, x: Tensor, domain: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, domain: int | Tensor | None = None) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        domain = self.batch_domains if domain is None else domain
+        if isinstance(domain, Tensor):
+            return self._per_sample(x, domain)
         if domain is not None and not 0 <= domain < self.num_domains:
             raise ValueError(f"domain {domain} out of range for {self.num_domains} domains")
-        stats = self.domains[self.domain if domain is None else domain]
+        return self._normalize(x, self.domain if domain is None else domain)
+
+    def _per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Each domain's samples normalized by their own statistics (one batch_norm call per domain present)."""
+        if ids.shape != (x.shape[0],):
+            raise ValueError(f"expected one domain id per sample ({x.shape[0]}), got shape {tuple(ids.shape)}")
+        present = torch.unique(ids).tolist()
+        if present and not (present[0] >= 0 and present[-1] < self.num_domains):
+            raise ValueError(f"domain ids {present} out of range for {self.num_domains} domains")
+        if len(present) == 1:
+            return self._normalize(x, present[0])
+        out = torch.zeros_like(x)
+        for d in present:
+            idx = (ids == d).nonzero().squeeze(1)
+            out = out.index_copy(0, idx, self._normalize(x.index_select(0, idx), d))
+        return out
+
+    def _normalize(self, x: Tensor, domain: int) -> Tensor:
+        stats = self.domains[domain]
         factor = 0.0
         if self.training:
             stats.num_batches_tracked.add_(1)
@@ -101,3 +126,28 @@ def use_domain(model: nn.Module, domain: int):
     finally:
         for m, d in zip(layers, saved):
             m.domain = d
+
+
+def _route(module: nn.Module, args: tuple, kwargs: dict):
+    domain = kwargs.pop("domain", None)
+    if len(args) > 1:
+        args, domain = args[:1], args[1]
+    for m in module.modules():
+        if isinstance(m, SeparateBatchNorm2d):
+            m.batch_domains = domain
+    return args, kwargs
+
+
+def _clear(module: nn.Module, args: tuple, kwargs: dict, output):
+    for m in module.modules():
+        if isinstance(m, SeparateBatchNorm2d):
+            m.batch_domains = None
+
+
+def route_domains(model: nn.Module) -> nn.Module:
+    """Let `model(x, domain_ids)` (or `model(x, domain=ids)`) hand per-sample domain ids to every
+    SeparateBatchNorm2d for that forward; models without Separate BN ignore them (shared BN sees every domain).
+    The model's own forward keeps its one-input signature and its state_dict is unchanged."""
+    model.register_forward_pre_hook(_route, with_kwargs=True)
+    model.register_forward_hook(_clear, with_kwargs=True)
+    return model

@@ -116,6 +116,14 @@ def validate_norm(cfg) -> None:
             raise ConfigError("norm.train_stats", f"got {norm.get('train_stats')!r}", allowed=TRAIN_STATS)
         if not isinstance(norm.get("update_stats", True), bool):
             raise ConfigError("norm.update_stats", f"must be true or false, got {norm.get('update_stats')!r}")
+    if name == "virtual":
+        _number(norm, "momentum", 0, 1)
+        if not _is_int(norm.get("reference_size")) or norm.get("reference_size") < 1:
+            raise ConfigError("norm.reference_size", f"must be a positive integer, got {norm.get('reference_size')!r}")
+    if name == "separate" and any(m in ("precise", "adaptive") for m in cfg.eval.get("modes", [])):
+        raise ConfigError(
+            "eval.modes", "precise/adaptive recompute one set of statistics; Separate BN keeps one per domain"
+        )
     if name == "renorm" and "momentum" in norm:
         _number(norm, "momentum", 0, 1)
     if name == "renorm":

@@ -15,6 +15,14 @@ gradient) with the recorded ones (constants) and moves the EMA toward the combin
 depend on the current weights, so enter the block once per step: the cost is one forward of the reference batch
 per step, without a backward, and memory for one (C,) triple per layer. Works with plain batch statistics only
 (not with Ghost/Sync nbs, not with train_stats="running").
+
+Which variant: Salimans et al. normalize each example x with the statistics of {x} plus the reference batch
+(one normalization per example). This file implements the batch-level variant Wu's talk describes ("to increase
+NBS, use more images to run forward-only"): every example of the current batch B is normalized with the
+statistics of B plus the reference batch R, so NBS = |B| + |R| and gradients flow through B's share only.
+With |B| = 1 the two coincide. `attach_reference_batch` makes it a property of the model (config `norm=virtual`):
+every training-mode forward with gradients enabled (a training step) runs the reference pass first; forwards
+without gradients (evaluation in training mode, Precise BN, the health monitor) use plain batch statistics.
 """
 
 from __future__ import annotations
@@ -66,3 +74,29 @@ def virtual_bn(model: nn.Module, reference: Tensor):
     finally:
         for m in layers:
             m.virtual = None
+
+
+def _virtual_enter(module: nn.Module, args: tuple):
+    if not (module.training and torch.is_grad_enabled()) or module._virtual_ctx is not None:
+        return None  # not a training step (or the reference pass itself, which runs without gradients)
+    ctx = virtual_bn(module, module._virtual_reference)
+    ctx.__enter__()  # the reference pass: a forward of `module` itself, which these hooks see and let through
+    module._virtual_ctx = ctx
+    return None
+
+
+def _virtual_exit(module: nn.Module, args: tuple, output):
+    if module._virtual_ctx is not None:
+        ctx, module._virtual_ctx = module._virtual_ctx, None
+        ctx.__exit__(None, None, None)
+    return None
+
+
+def attach_reference_batch(model: nn.Module, reference: Tensor) -> nn.Module:
+    """Virtual BN on every training step of `model`: its forward first runs `reference` (a fixed batch, forward
+    only) and then normalizes the batch with batch + reference statistics. The model's state_dict is unchanged."""
+    model._virtual_reference = reference
+    model._virtual_ctx = None
+    model.register_forward_pre_hook(_virtual_enter)
+    model.register_forward_hook(_virtual_exit)
+    return model

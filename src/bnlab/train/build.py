@@ -13,7 +13,9 @@ import torch
 
 from bnlab.data import DataBundle, build_data
 from bnlab.models import build_model
-from bnlab.norm import build_norm
+from bnlab.norm import attach_norm_inputs, build_norm
+from bnlab.train.accumulate import optimizer_steps
+from bnlab.train.finetune import prepare_finetune
 from bnlab.train.losses import build_loss
 from bnlab.train.optim import Schedule, build_optimizer
 
@@ -25,6 +27,7 @@ class Built:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     loss_fn: Callable
+    finetuned: dict | None = None  # where a fine-tuning run started from (train/finetune.py)
 
 
 def resolve_device(name: str) -> str:
@@ -38,6 +41,9 @@ def resolve_device(name: str) -> str:
 def build(cfg, device: str = "cpu") -> Built:
     data = build_data(cfg, device)
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
+    attach_norm_inputs(model, cfg, data)  # domain ids, Virtual BN's reference batch -> norm layers (norm/attach.py)
+    finetuned = prepare_finetune(model, cfg, data)  # before the optimizer: Frozen BN replaces parameters
     optimizer = build_optimizer(cfg.optim, model)
-    schedule = Schedule(cfg.schedule, optimizer, len(data.train), int(cfg.train.epochs))
-    return Built(data, model, optimizer, schedule, build_loss(cfg.loss, data.num_classes))
+    steps = optimizer_steps(len(data.train), int(cfg.train.get("accumulate", 1)))  # train.accumulate micro-batches
+    schedule = Schedule(cfg.schedule, optimizer, steps, int(cfg.train.epochs))
+    return Built(data, model, optimizer, schedule, build_loss(cfg.loss, data.num_classes), finetuned)

@@ -43,8 +43,8 @@ def _loop(model, loader, loss_fn) -> dict:
     loss_sum = torch.zeros((), device=loader.device)
     wrong = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
-    for x, y in loader:
-        logits = model(x)
+    for x, y, *domain in loader:
+        logits = model(x, *domain)  # domain ids, when the loader has them (data/domains.py)
         loss_sum += loss_fn(logits, y).float() * len(y)
         wrong += (logits.argmax(1) != y).sum()
         n += len(y)

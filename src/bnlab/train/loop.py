@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from bnlab.config import validate
 from bnlab.diagnostics import build_monitor
+from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.build import Built, build, resolve_device
 from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
@@ -33,7 +34,17 @@ __all__ = ["Diverged", "fit", "run", "train_one_epoch"]
 
 
 def train_one_epoch(
-    model, loader, loss_fn, optimizer, schedule, epoch, progress, check_every=20, step_hook=None, rank=SINGLE
+    model,
+    loader,
+    loss_fn,
+    optimizer,
+    schedule,
+    epoch,
+    progress,
+    check_every=20,
+    step_hook=None,
+    rank=SINGLE,
+    accumulate=1,
 ):
     model.train()
     loader.set_epoch(epoch)
@@ -41,13 +52,11 @@ def train_one_epoch(
     wrong = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
-        logits = model(x)
+    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader))  # train.accumulate micro-batches
+    for i, (x, y, *domain) in enumerate(bar):
+        logits = model(x, *domain)  # per-sample domain ids when the data has domains (data/domains.py)
         loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step_batch()
+        stepper.backward(loss)  # optimizer and schedule step every `accumulate` micro-batches
         loss_sum += loss.detach().float() * len(y)
         wrong += (logits.detach().argmax(1) != y).sum()
         n += len(y)
@@ -69,6 +78,9 @@ def _evaluate_epoch(cfg, job: Built, monitor, row: dict, epoch: int) -> None:
         val = data.val_batch if eval_mode == "batch" and data.val_batch is not None else data.val
         for k, v in evaluate(job.model, val, job.loss_fn, eval_mode, data.train, samples).items():
             row[f"val_{k}_{suffix}"] = v
+        if data.target_val is not None:  # the shifted target domain (data/domains.py)
+            for k, v in evaluate(job.model, data.target_val, job.loss_fn, eval_mode, data.train, samples).items():
+                row[f"target_{k}_{suffix}"] = v
     if data.train_eval is not None:  # Ioffe 2017 sec. 4.4's train accuracy: eval mode, training images
         for k, v in evaluate(job.model, data.train_eval, job.loss_fn, "running").items():
             row[f"train_{k}_running"] = v
@@ -93,16 +105,26 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=S
     net = prepare_training_model(net, cfg.train, job.data.train.device)  # channels_last / autocast / compile
     step_hook = _health_step_hook(monitor, job.model, logger, progress)
     epochs, show_bar = int(cfg.train.epochs), bool(cfg.train.get("progress", True))
+    accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
     progress.started = time.time()
     for epoch in range(progress.epoch, epochs):
         t_epoch = time.time()
         row = {"epoch": epoch + 1, "lr": job.schedule.lr()}
         row.update(
             train_one_epoch(
-                net, batches, job.loss_fn, job.optimizer, job.schedule, epoch, show_bar, step_hook=step_hook, rank=rank
+                net,
+                batches,
+                job.loss_fn,
+                job.optimizer,
+                job.schedule,
+                epoch,
+                show_bar,
+                step_hook=step_hook,
+                rank=rank,
+                accumulate=accumulate,
             )
         )
-        progress.step += len(job.data.train)
+        progress.step += optimizer_steps(len(job.data.train), accumulate)
         _evaluate_epoch(cfg, job, monitor, row, epoch)
         job.schedule.step_epoch(row)
         row.update(step=progress.step, epoch_time=time.time() - t_epoch)
@@ -154,6 +176,7 @@ def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: boo
         "run_dir": str(rd.root),
         "n_params": sum(p.numel() for p in job.model.parameters()),
         "data": job.data.info,
+        **({"finetune": job.finetuned} if job.finetuned else {}),
         **environment(device),
     }
     recorded(

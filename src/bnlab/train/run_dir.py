@@ -32,6 +32,9 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
     "health.val_batches": 4,
     "health.collapse_z_threshold": 10.0,
     "health.composition_threshold": 3.0,
+    "train.accumulate": 1,  # one micro-batch per optimizer step (train/accumulate.py)
+    "domains": {"name": "none"},  # no target domain (data/domains.py)
+    "finetune": {"from": None, "norm": "keep", "recompute_stats": False},  # train from scratch (train/finetune.py)
 }
 
 
