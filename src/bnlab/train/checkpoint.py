@@ -9,16 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from bnlab.train.distributed import SINGLE
 from bnlab.train.run_dir import RunDir
 from bnlab.utils.io import atomic_torch_save
-
-if TYPE_CHECKING:
-    from bnlab.train.build import Built
 
 
 class CheckpointError(RuntimeError):
@@ -57,7 +53,7 @@ class Progress:
         return self.wall_before + time.time() - self.started
 
 
-def resume(cfg, rd: RunDir, job: Built, monitor, rank=SINGLE) -> Progress:
+def resume(cfg, rd: RunDir, job, monitor, rank=SINGLE) -> Progress:  # job: train.build.Built (not imported: no cycle)
     """Continue from <run_dir>/checkpoint.pt when there is one (and train.resume), else start fresh."""
     if not (cfg.train.get("resume", True) and rd.checkpoint.exists()):
         if rank.main:
@@ -73,7 +69,7 @@ def resume(cfg, rd: RunDir, job: Built, monitor, rank=SINGLE) -> Progress:
     return Progress(state["epoch"], state["step"], state["history"], state.get("wall_time", 0.0))
 
 
-def save(rd: RunDir, job: Built, progress: Progress, monitor) -> None:
+def save(rd: RunDir, job, progress: Progress, monitor) -> None:
     save_checkpoint(
         rd.checkpoint,
         model=job.model.state_dict(),
