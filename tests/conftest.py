@@ -59,3 +59,12 @@ def run_entry_point(args: list[str], cwd: Path, timeout: int = 300, **kw) -> sub
 
 
 __all__ = ["TINY", "OmegaConf", "compose_cfg", "run_entry_point"]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

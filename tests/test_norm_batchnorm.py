@@ -13,15 +13,6 @@ from bnlab.norm import BatchNorm2d, no_stats_update
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _data(b=16, c=3, hw=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64) * 2 + 0.5

@@ -12,15 +12,6 @@ TOL = {"atol": 1e-12, "rtol": 1e-10}
 CONSTANT = {"warmup_steps": 0, "r_max_full_at": 0, "d_max_full_at": 0}
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _data(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1)
