@@ -41,3 +41,16 @@ def test_init_collapse_end_to_end(tmp_path):
     assert mean(mlp.loc[20, "relu_shift"]) > 0.9
     conv = pd.read_csv(tmp_path / "init_collapse_convnet_fraction.csv").set_index("layer")
     assert mean(conv.loc["conv 7", "bn_real"]) > 0.95  # BN standardizes every channel
+
+
+def test_figures_computes_an_analysis_without_runs(monkeypatch, tmp_path):
+    """`bnlab figures init_collapse` (no runs to collect) runs the analysis from its preset, not `load(runs.csv)`."""
+    from bnlab import cli
+    from bnlab.results import analysis
+
+    study = load_study()
+    calls = []
+    monkeypatch.setattr(study, "run", lambda cfg, out: calls.append((cfg.preset, out)) or [out / "x.png"])
+    monkeypatch.setattr(analysis, "load_study_module", lambda name: study if name == "init_collapse" else None)
+    cli.main(["figures", "init_collapse", "--preset", "gpu", "--out", str(tmp_path)])
+    assert calls == [("gpu", tmp_path)]

@@ -274,6 +274,12 @@ def run(cfg, out: Path) -> list[Path]:
     return written
 
 
+def analyze_without_runs(preset: str, out: Path) -> list[Path]:
+    """`bnlab figures init_collapse --preset <preset>` (and `make figures EXP=init_collapse`): nothing is trained,
+    so the analysis computes everything from its preset."""
+    return run(load_config(preset), Path(out))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", help="cpu | gpu (conf/analysis/init_collapse.yaml presets)")

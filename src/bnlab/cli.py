@@ -44,7 +44,7 @@ def cmd_collect(args) -> None:
 def cmd_figures(args) -> None:
     from bnlab.results.analysis import analyze
 
-    for path in analyze(args.study, _results_dir(args)):
+    for path in analyze(args.study, _results_dir(args), args.preset):
         print(path)
 
 

@@ -1,7 +1,9 @@
 """Run a study's analysis (`experiments/<study>/analysis.py::analyze`) on its collected results, no training.
 
 A study without its own analysis gets the default: a mean +- std table of final metrics per arm and
-per-epoch curves with running-statistics and batch-statistics validation error.
+per-epoch curves with running-statistics and batch-statistics validation error. A study that trains nothing (an
+analysis at initialization, e.g. init_collapse) defines `analyze_without_runs(preset, out)` instead, and
+`bnlab figures <study>` computes it from its preset.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ def default_analysis(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> lis
     return written
 
 
-def analyze(study: str, results_dir: str | Path) -> list[Path]:
+def analyze(study: str, results_dir: str | Path, preset: str = "cpu") -> list[Path]:
     out = Path(results_dir)
+    module = load_study_module(study)
+    if hasattr(module, "analyze_without_runs"):
+        return module.analyze_without_runs(preset, out)
     runs, epochs = load(out)
     if runs.empty:
         raise FileNotFoundError(f"{out} holds no collected runs; run `bnlab collect {study}` first")
-    module = load_study_module(study)
     fn = getattr(module, "analyze", None) or default_analysis
     return fn(runs, epochs, out)
