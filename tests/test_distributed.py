@@ -50,3 +50,13 @@ def test_relative_out_dir_works_with_processes(tmp_path, monkeypatch):
 def test_processes_must_split_the_batch(tiny_cfg):
     with pytest.raises(ConfigError, match="train.processes"):
         run(tiny_cfg("train.processes=3"))
+
+
+def test_processes_spawn_from_a_joblib_worker(tmp_path):
+    """`make sweep` on CPU runs each job in a joblib (loky) worker, whose multiprocessing start method is 'loky';
+    a spawned rank re-applies its parent's start method and cannot find 'loky' (the ten_ways sync arm died so)."""
+    joblib = pytest.importorskip("joblib")
+    cfg = compose_cfg([*TINY, "study=loky", "train.epochs=1", "norm.nbs=64", "train.processes=2"])
+    cfg.out_dir = str(tmp_path)
+    [summary] = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(run)(cfg) for _ in range(1))
+    assert summary["status"] == "completed"

@@ -10,7 +10,9 @@ a norm layer lines up) and only rank 0 writes files, logs and checkpoints.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,22 @@ def teardown() -> None:
     gc.collect()  # autograd graphs that held a group (a Sync BN all-reduce's ctx) go now, not at exit
 
 
+@contextmanager
+def standard_start_method():
+    """A spawned child re-applies its parent's global start method before it unpickles anything. Inside a joblib
+    (loky) worker, where Hydra's joblib launcher runs each job, that method is 'loky', which the fresh child cannot
+    find; so while ranks start, the global method is 'spawn', and the worker's own is restored afterwards."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None or method in multiprocessing.get_all_start_methods():
+        yield
+        return
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+
+
 def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:
     """Run `entry(cfg, *entry_args)` in `processes` ranks and wait; a failing rank stops the others (torch's spawn
     semantics). The caller hands over the function (pycls's multi_proc_run), so this module imports no trainer."""
@@ -113,12 +131,13 @@ def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None
     init_file.unlink(missing_ok=True)  # a file store left by a killed attempt would confuse the rendezvous
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     try:
-        mp.start_processes(
-            _rank_main,
-            args=(entry, cfg_yaml, processes, str(init_file), entry_args),
-            nprocs=processes,
-            join=True,
-            start_method="spawn",
-        )
+        with standard_start_method():
+            mp.start_processes(
+                _rank_main,
+                args=(entry, cfg_yaml, processes, str(init_file), entry_args),
+                nprocs=processes,
+                join=True,
+                start_method="spawn",
+            )
     finally:
         init_file.unlink(missing_ok=True)
