@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from bnlab.config_errors import ConfigError
 from bnlab.train.loop import run
@@ -15,26 +16,41 @@ def _metrics(summary) -> pd.DataFrame:
     return pd.read_csv(RunDir(summary["run_dir"]).metrics)
 
 
+def _weights(summary) -> dict[str, torch.Tensor]:
+    state = torch.load(RunDir(summary["run_dir"]).checkpoint, weights_only=False)["model"]
+    return {k.removeprefix("module."): v for k, v in state.items() if v.dtype.is_floating_point}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
 def test_two_processes_with_sync_bn_match_one_process(tiny_cfg):
     """NBS 64 as 2 ranks x 32 (Sync BN + DDP) = one process with batch 64; per-rank BN (NBS 32) is the control.
 
-    Exact equality is not expected: changing only the CPU thread count already moves this 16-step SGD run by
-    ~0.1% (reduction order, amplified by training), so the check is closeness relative to the control.
+    Compared after ONE optimizer step, every weight and running statistic: float32 rounding differs between the two
+    (all-reduced sums), and this tiny net at lr 0.1 amplifies any difference ~10x per step (with GroupNorm, no BN at
+    all, 1 vs 2 processes differ by 6e-7 after 1 step, 8e-5 after 2, 3e-3 after 4), so a trajectory comparison
+    cannot tell a Sync BN bug from rounding; one step can. The all-reduce-of-sums Sync BN is at 2e-6 here; a Sync
+    BN on PyTorch's fused kernels (branch perf) was at 5.5e-5, although it matched single-process BN to 1e-10 layer
+    by layer (test_norm_sync.py), so it stays out until that gap is understood.
     """
-    one = _metrics(run(tiny_cfg("study=one", "norm.nbs=null")))
-    two_summary = run(tiny_cfg("study=two", "norm.nbs=64", "train.processes=2"))
-    two = _metrics(two_summary)
-    per_rank = _metrics(run(tiny_cfg("study=per_rank", "norm.nbs=32")))  # what a missing sync would compute
-    assert two_summary["status"] == "completed" and len(two) == 2
-    assert not (RunDir(two_summary["run_dir"]).root / ".dist_init").exists()
-    pd.testing.assert_series_equal(one.train_loss, two.train_loss, rtol=1e-2)
-    # EMA statistics after 8 steps are the most trajectory-sensitive number (epoch 1 differs ~2%, epoch 2 ~0.01%)
-    pd.testing.assert_frame_equal(
-        one[["val_loss_running", "val_loss_batch"]], two[["val_loss_running", "val_loss_batch"]], rtol=5e-2
-    )
-    gap_sync = (two.train_loss - one.train_loss).abs().iloc[-1]
-    gap_control = (per_rank.train_loss - one.train_loss).abs().iloc[-1]
-    assert gap_sync < 0.25 * gap_control, (gap_sync, gap_control)
+    step = ("train.epochs=1", "train.batches_per_epoch=1")
+    one = run(tiny_cfg("study=one", "norm.nbs=null", *step))
+    two = run(tiny_cfg("study=two", "norm.nbs=64", "train.processes=2", *step))
+    per_rank = run(tiny_cfg("study=per_rank", "norm.nbs=32", *step))  # what a missing sync would compute
+    assert two["status"] == "completed"
+    assert not (RunDir(two["run_dir"]).root / ".dist_init").exists()
+    w_one, w_two, w_control = _weights(one), _weights(two), _weights(per_rank)
+    assert w_one.keys() == w_two.keys()
+    assert _max_diff(w_one, w_two) < 1e-5, _max_diff(w_one, w_two)
+    assert _max_diff(w_one, w_control) > 1e-3  # the control is far: the test can see a missing sync
+
+
+def test_two_processes_train_and_evaluate(tiny_cfg):
+    """A whole 2-epoch run with 2 processes completes with both epochs' metrics (trajectories are compared above)."""
+    summary = run(tiny_cfg("study=two_epochs", "norm.nbs=64", "train.processes=2"))
+    assert summary["status"] == "completed" and len(_metrics(summary)) == 2
 
 
 def test_relative_out_dir_works_with_processes(tmp_path, monkeypatch):
