@@ -61,10 +61,10 @@ data:  ## install the offline Fashion-MNIST (Debian package) when root and it is
 		echo "note: $(FMNIST_DIR) is missing; run 'sudo apt-get install dataset-fashion-mnist' or set data.root=..."; \
 	fi
 
-# the main job at small scale: a reduced CPU sweep of the NBS study (3 NBS values, 1 seed, 3 epochs) run as its
+# the main job at small scale: a reduced CPU sweep of the NBS study (3 NBS values, 1 seed, 3 epochs on a 10k slice) as its
 # own study (nbs_demo, so it never mixes with a full sweep's runs), collected and analysed like the NBS study
 # into runs/nbs_demo/_report/ (committed full-study results live in results/nbs/cpu/)
-DEMO_SWEEP := study=nbs_demo norm.nbs=4,32,256 seed=0 train.epochs=3
+DEMO_SWEEP := study=nbs_demo norm.nbs=4,32,256 seed=0 train.epochs=3 data.train_subset=10000 data.val_subset=2048
 DEMO_OUT   := runs/nbs_demo/_report
 demo: install data  ## the main job on the embedded default: a small NBS sweep -> table + figure (offline, CPU)
 	$(BIN)/python -m bnlab.train -m experiment=nbs scale=cpu $(DEMO_SWEEP) $(ARGS)
