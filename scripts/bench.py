@@ -1,6 +1,6 @@
 """`make bench`: every performance table of issue #11, measured side by side and written to results/bench/.
 
-    python scripts/bench.py [--sections norm,train,overhead,sweep,studies] [--quick]
+    python scripts/bench.py [--sections norm,train,overhead,sweep,studies,stack] [--quick]
 
 (1) norm: each norm variant / nn.BatchNorm2d, contiguous and channels_last (scripts/bench_norm.py).
 (2) train: images/s of a plain reference loop written here (tensors in memory, fp32, model + loss + SGD, nothing
@@ -12,6 +12,8 @@
 (4) sweep: aggregate images/s of N concurrent training processes x T threads (1x2, 2x1, 1, 2, 4, 8 runs).
 (5) studies: each study's CPU preset wall time, from the committed results/<study>/cpu/runs.csv (sum of the
     runs' own wall times: a sequential sweep's duration; not re-run here).
+(6) stack: aggregate training images/s of k = 1, 2, 4, 8 resnet20 runs stacked into one process with torch.func
+    (bnlab.train.stacked) against the same k runs stepped one after another.
 
 Each table is printed and written as CSV with device, versions and date; results/bench/README.md explains them.
 The machine these were measured on is shared with other jobs: compare ratios within one table (one run).
@@ -306,6 +308,51 @@ def bench_sweep(model: str, duration: float, rounds: int) -> list[dict]:
     return rows
 
 
+# ---- (6): k runs stacked into one process (bnlab.train.stacked) ---------------------------------------------------
+
+
+def bench_stack(model: str, steps: int, rounds: int) -> list[dict]:
+    """Aggregate training images/s of k models stacked with torch.func against the same k models stepped one
+    after another (separate modules and optimizers), same batches, interleaved rounds."""
+    from bnlab.train.stacked import StackedModels, StackedSGD, stacked_step
+
+    setup = Setup(model)
+    batch = int(setup.cfg.train.batch_size)
+    data = plain_batches(setup, steps)
+    rows = []
+    for k in (1, 2, 4, 8):
+        models = [Setup(model).model for _ in range(k)]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True) for m in models]
+        stacked = StackedModels([Setup(model).model for _ in range(k)])
+        sopt = StackedSGD(stacked.params, [0.1] * k, momentum=0.9, nesterov=True)
+        xs = [(x.unsqueeze(0).expand(k, *x.shape).contiguous(), y.unsqueeze(0).expand(k, *y.shape)) for x, y in data]
+        times = {"separate": [], "stacked": []}
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for x, y in data:
+                for m, opt in zip(models, opts):
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(m(x), y).backward()
+                    opt.step()
+            times["separate"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for x, y in xs:
+                stacked_step(stacked, sopt, x, y)
+            times["stacked"].append(time.perf_counter() - t0)
+        sep, stk = (statistics.median(times[n]) for n in ("separate", "stacked"))
+        images = k * batch * steps
+        rows.append(
+            {
+                "model": model,
+                "k_runs": k,
+                "separate_images_per_s": round(images / sep, 1),
+                "stacked_images_per_s": round(images / stk, 1),
+                "stacked_vs_separate": round(sep / stk, 3),
+            }
+        )
+    return rows
+
+
 # ---- (5): study wall times ------------------------------------------------------------------------------------
 
 
@@ -331,7 +378,7 @@ def bench_studies() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="norm,train,overhead,sweep,studies")
+    parser.add_argument("--sections", default="norm,train,overhead,sweep,studies,stack")
     parser.add_argument("--quick", action="store_true", help="fewer batches and rounds")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the train and overhead tables")
     parser.add_argument("--compile-models", default="", help="models also timed with train.compile=true")
@@ -363,6 +410,8 @@ def main() -> None:
         write_table("sweep", bench_sweep("resnet20", 5.0 if args.quick else 8.0, 1 if args.quick else 2), prov)
     if "studies" in sections:
         write_table("studies", bench_studies(), prov)
+    if "stack" in sections:
+        write_table("stack", bench_stack("resnet20", 4 if args.quick else 8, 2 if args.quick else 3), prov)
 
 
 if __name__ == "__main__":
