@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -19,8 +21,8 @@ SGD = {"momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
 
 def make_model(seed: int, norm: str = "batch") -> nn.Module:
     torch.manual_seed(seed)
-    norm_cfg = OmegaConf.load(CONF_DIR / "norm" / f"{norm}.yaml")
-    model_cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "resnet20.yaml"), {"width": 0.25})
+    norm_cfg = OmegaConf.load(Path(CONF_DIR) / "norm" / f"{norm}.yaml")
+    model_cfg = OmegaConf.merge(OmegaConf.load(Path(CONF_DIR) / "model" / "resnet20.yaml"), {"width": 0.25})
     return build_model(model_cfg, build_norm(norm_cfg), in_channels=1, num_classes=10).double()
 
 
