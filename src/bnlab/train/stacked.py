@@ -226,4 +226,4 @@ def evaluate_stacked(models: StackedModels, batches: Iterable, loss_fn=nn.functi
             n += len(y)
     finally:
         models.train(was_training)
-    return {"loss": loss_sum / max(n, 1), "err": wrong / max(n, 1)}
+    return {"loss": loss_sum / max(n, 1), "err": torch.as_tensor(wrong, dtype=torch.float64) / max(n, 1)}
