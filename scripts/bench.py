@@ -13,7 +13,7 @@
 (5) studies: each study's CPU preset wall time, from the committed results/<study>/cpu/runs.csv (sum of the
     runs' own wall times: a sequential sweep's duration; not re-run here).
 (6) stack: aggregate training images/s of k = 1, 2, 4, 8 resnet20 runs stacked into one process with torch.func
-    (bnlab.train.stacked) against the same k runs stepped one after another.
+    (bnlab.train.stacked) against the same k runs stepped one after another (scripts/bench_stack.py).
 
 Each table is printed and written as CSV with device, versions and date; results/bench/README.md explains them.
 The machine these were measured on is shared with other jobs: compare ratios within one table (one run).
@@ -46,12 +46,14 @@ FAST_PATHS = {
 }
 
 
-def provenance() -> dict:
+def provenance(device: str | None = None) -> dict:
+    """Where and with what a table was measured; `device` defaults to CUDA when present."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return {
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": device,
         "device_name": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
+        if device == "cuda"
         else f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared)",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -61,9 +63,9 @@ def provenance() -> dict:
     }
 
 
-def write_table(name: str, rows: list[dict], prov: dict) -> None:
+def write_table(name: str, rows: list[dict], prov: dict, out: Path = OUT) -> None:
     rows = [{**r, **prov} for r in rows]
-    path = OUT / f"{name}_{prov['device']}.csv"
+    path = out / f"{name}_{prov['device']}.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -73,7 +75,7 @@ def write_table(name: str, rows: list[dict], prov: dict) -> None:
     print(" | ".join(keys))
     for r in rows:
         print(" | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys))
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 # ---- (2) and (3): training throughput -------------------------------------------------------------------------
@@ -308,51 +310,6 @@ def bench_sweep(model: str, duration: float, rounds: int) -> list[dict]:
     return rows
 
 
-# ---- (6): k runs stacked into one process (bnlab.train.stacked) ---------------------------------------------------
-
-
-def bench_stack(model: str, steps: int, rounds: int) -> list[dict]:
-    """Aggregate training images/s of k models stacked with torch.func against the same k models stepped one
-    after another (separate modules and optimizers), same batches, interleaved rounds."""
-    from bnlab.train.stacked import StackedModels, StackedSGD, stacked_step
-
-    setup = Setup(model)
-    batch = int(setup.cfg.train.batch_size)
-    data = plain_batches(setup, steps)
-    rows = []
-    for k in (1, 2, 4, 8):
-        models = [Setup(model).model for _ in range(k)]
-        opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True) for m in models]
-        stacked = StackedModels([Setup(model).model for _ in range(k)])
-        sopt = StackedSGD(stacked.params, [0.1] * k, momentum=0.9, nesterov=True)
-        xs = [(x.unsqueeze(0).expand(k, *x.shape).contiguous(), y.unsqueeze(0).expand(k, *y.shape)) for x, y in data]
-        times = {"separate": [], "stacked": []}
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for x, y in data:
-                for m, opt in zip(models, opts):
-                    opt.zero_grad()
-                    torch.nn.functional.cross_entropy(m(x), y).backward()
-                    opt.step()
-            times["separate"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            for x, y in xs:
-                stacked_step(stacked, sopt, x, y)
-            times["stacked"].append(time.perf_counter() - t0)
-        sep, stk = (statistics.median(times[n]) for n in ("separate", "stacked"))
-        images = k * batch * steps
-        rows.append(
-            {
-                "model": model,
-                "k_runs": k,
-                "separate_images_per_s": round(images / sep, 1),
-                "stacked_images_per_s": round(images / stk, 1),
-                "stacked_vs_separate": round(sep / stk, 3),
-            }
-        )
-    return rows
-
-
 # ---- (5): study wall times ------------------------------------------------------------------------------------
 
 
@@ -410,8 +367,9 @@ def main() -> None:
         write_table("sweep", bench_sweep("resnet20", 5.0 if args.quick else 8.0, 1 if args.quick else 2), prov)
     if "studies" in sections:
         write_table("studies", bench_studies(), prov)
-    if "stack" in sections:
-        write_table("stack", bench_stack("resnet20", 4 if args.quick else 8, 2 if args.quick else 3), prov)
+    if "stack" in sections:  # its own script: scripts/bench_stack.py
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_stack.py"), "--device", prov["device"]]
+        subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
 
 
 if __name__ == "__main__":
