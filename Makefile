@@ -92,7 +92,7 @@ format: install
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)
 
-bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies) -> results/bench/
+bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies, stacked runs) -> results/bench/
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 need-exp:
