@@ -12,6 +12,8 @@ ARMS = {
     "split_halves": "BN, split halves",
     "brn": "BRN (16 x 2 batches)",
     "iid": "BN, i.i.d. batches",
+    "group_pairs": "GroupNorm (16 x 2 batches)",
+    "group_iid": "GroupNorm, i.i.d. batches",
 }
 # Ioffe 2017, sec. 4.4 (Inception v3, ImageNet): test top-1 %, with train accuracy where reported
 SOURCE = {
@@ -19,6 +21,8 @@ SOURCE = {
     "split_halves": "77.4 (140k)",
     "brn": "78.5 (120k)",
     "iid": "78.3",
+    "group_pairs": "-",
+    "group_iid": "-",
 }
 # column -> (table header, 1 - this error column in runs/epochs)
 MEASURES = {
@@ -62,7 +66,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "test_acc_train_mode": "test, batch statistics of 25 x 2 batches",
     }
     fig, axes = new_figure(ncols=len(panels))
-    colors = dict(zip(ARMS.values(), ("C0", "C2", "C3", "C1")))  # one colour per arm in every panel
+    colors = dict(zip(ARMS.values(), ("C0", "C2", "C3", "C1", "C4", "C5")))  # one colour per arm in every panel
     for ax, m in zip(axes[0], panels):
         for arm, group in curves.dropna(subset=[m]).groupby("arm"):
             mean_curves(ax, group, "step", m, "arm", color=colors[arm])
