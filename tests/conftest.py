@@ -61,10 +61,11 @@ def run_entry_point(args: list[str], cwd: Path, timeout: int = 300, **kw) -> sub
 __all__ = ["TINY", "OmegaConf", "compose_cfg", "run_entry_point"]
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Ghost BN picks its kernel path by thread count on CPU (bnlab.norm.ghost.use_channels_trick): test both."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+@pytest.fixture(params=["loop", "trick"])
+def ghost_path(request, monkeypatch):
+    """Ghost BN and micro-batch BRN pick their kernel path by group size (bnlab.norm.ghost.use_channels_trick):
+    the tests' small tensors would always take the trick, so each test runs once with either path forced."""
+    from bnlab.norm import ghost
+
+    monkeypatch.setattr(ghost, "LOOP_MIN_GROUP_NUMEL", 0 if request.param == "loop" else 2**62)
+    return request.param

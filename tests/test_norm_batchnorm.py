@@ -73,7 +73,7 @@ def _ghost_groups(b, nbs, layout):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout, fmt, threads):
+def test_ghost_equals_loop_of_nn_batchnorm_over_groups(layout, fmt, ghost_path):
     b, nbs = 16, 4
     ours = BatchNorm2d(3, momentum=0.3, nbs=nbs, ghost_layout=layout).double()
     base = nn.BatchNorm2d(3, momentum=0.3).double()
@@ -152,7 +152,7 @@ def test_update_stats_false_uses_batch_stats_without_touching_ema():
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loop(layout, fmt, threads):
+def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loop(layout, fmt, ghost_path):
     """The other arguments of the fused Ghost kernels: no affine, no EMA update, momentum=None, no input grad."""
     x, gy = (t.contiguous(memory_format=fmt) for t in _data(b=12, seed=3))
     groups = _ghost_groups(12, 4, layout)
@@ -184,7 +184,7 @@ def test_ghost_without_affine_or_ema_and_cumulative_momentum_match_the_group_loo
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_statistics_are_float32_under_bf16_autocast(layout, threads):
+def test_statistics_are_float32_under_bf16_autocast(layout, ghost_path):
     x = torch.randn(8, 4, 6, 6) * 3 + 100  # large mean: bf16 sums would lose it
     layer = BatchNorm2d(4, nbs=4, ghost_layout=layout)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -216,3 +216,20 @@ def test_bad_arguments_name_the_problem():
         BatchNorm2d(3, train_stats="ema")
     with pytest.raises(ValueError, match="nbs must be a positive integer"):
         BatchNorm2d(3, nbs=0)
+
+
+def test_ghost_kernel_path_follows_group_size(monkeypatch):
+    """Large groups take the group loop, small ones (and free views, strided NCHW) the one-call channels trick;
+    and the path chosen is the path run."""
+    from bnlab.norm import ghost
+
+    big, cl = torch.empty(128, 64, 32, 32), torch.empty(128, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert not ghost.use_channels_trick(big, "contiguous", 8)  # 16 x 64 x 32 x 32 = 1M elements a group
+    assert not ghost.use_channels_trick(cl, "strided", 8)
+    assert ghost.use_channels_trick(big, "strided", 8)  # a free view
+    assert ghost.use_channels_trick(torch.empty(128, 16, 14, 14), "contiguous", 64)  # 2 x 16 x 14 x 14 = 6272
+    calls = []
+    monkeypatch.setattr(ghost.GhostBatchNormFn, "apply", lambda *a: calls.append(1) or a[0].clone())
+    BatchNorm2d(64, nbs=16)(big.normal_())
+    BatchNorm2d(16, nbs=2)(torch.randn(128, 16, 14, 14))
+    assert calls == [1]

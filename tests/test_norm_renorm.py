@@ -112,7 +112,7 @@ def test_schedule_values_and_step_counter():
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_micro_batches_each_group_renormalized_by_hand(layout, fmt, threads):
+def test_micro_batches_each_group_renormalized_by_hand(layout, fmt, ghost_path):
     brn = _set(
         BatchRenorm2d(3, r_max=1.5, d_max=0.5, nbs=4, ghost_layout=layout, **CONSTANT), [0.5, 0.0, -1.2], [1.0] * 3
     )

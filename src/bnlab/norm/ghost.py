@@ -12,8 +12,13 @@ measurement (scripts/bench.py, results/bench/norm_cpu.csv; `use_channels_trick` 
   contiguous layout (both memory formats), so G calls of PyTorch's own fused batch-norm kernels write straight
   into slices of one output (forward; each group's input gradient is copied into its slice, a cache-sized copy):
   no copy of the batch, no autograd graph of elementwise ops, the numerics of a loop of nn.BatchNorm2d over the
-  groups. Used single-threaded on CPU and on CUDA; a multi-threaded CPU pays one OpenMP region per call, so
-  there the trick is used (see `use_channels_trick`).
+  groups. Its cost is a fixed overhead per group (a few kernel calls), so it wins when groups are large.
+
+`use_channels_trick` picks by the size of one group (LOOP_MIN_GROUP_NUMEL), measured on the quiet 2-core machine
+with 1 and 2 threads (results/bench/README.md): with groups of >= 32k elements the loop is 1.0-1.3x
+nn.BatchNorm2d and the trick 2-3.5x; with smaller groups (e.g. nbs = 2 on the 8-32 channel, 7-28 px activations
+of the CPU preset) the per-group overhead dominates and the trick's one call wins (1.7-2.8x against the loop's
+2-8x).
 
 Running statistics: every group updates its own copy of the running buffers (a (G, C) tensor, a row per group)
 and the copies are averaged, i.e. the EMA moves toward the average over groups of each group's mean and unbiased
@@ -90,16 +95,20 @@ def _dense(t: Tensor, fmt: torch.memory_format) -> Tensor:
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
-def use_channels_trick(x: Tensor, layout: str) -> bool:
+LOOP_MIN_GROUP_NUMEL = 32768
+"""Groups of at least this many elements (nbs * C * H * W) take the group loop, smaller ones the channels trick."""
+
+
+def use_channels_trick(x: Tensor, layout: str, groups: int) -> bool:
     """The one-call channels trick where it is a free view (strided layout of a contiguous tensor); under
-    torch.compile, which cannot trace the loop's writes into slices but fuses the trick's copies itself; and on
-    a multi-threaded CPU, where every one of the loop's G kernel calls is an OpenMP parallel region: on the
-    shared 2-core machine (2 threads, heavy load) the loop measured 3.6x (G=8) and 9.4x (G=32) nn.BatchNorm2d
-    against 2.1x / 1.9x for the trick, while single-threaded (how CPU sweeps run) the loop is 1.1-1.25x and the
-    trick 2x (results/bench/README.md)."""
+    torch.compile, which cannot trace the loop's writes into slices but fuses the trick's copies itself; and for
+    groups smaller than LOOP_MIN_GROUP_NUMEL elements, where the loop's fixed cost per group dominates. On the quiet
+    2-core machine (1 and 2 threads alike) that threshold separates where each path is faster; the earlier rule
+    (the trick whenever a CPU has several threads) came from timings under heavy load, where every one of the
+    loop's OpenMP regions waited for a descheduled thread. On CUDA the same rule applies, unmeasured (no GPU)."""
     if (layout == "strided" and x.is_contiguous()) or torch.compiler.is_compiling():
         return True
-    return x.device.type == "cpu" and torch.get_num_threads() > 1
+    return x.numel() // groups < LOOP_MIN_GROUP_NUMEL
 
 
 def _empty_like_input(x: Tensor) -> Tensor:
@@ -204,7 +213,7 @@ def ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, gr
     c, factor = x.shape[1], 0.0 if factor is None else factor
     rms = running_mean.repeat(groups) if running_mean is not None else None
     rvs = running_var.repeat(groups) if running_var is not None else None
-    if use_channels_trick(x, layout):
+    if use_channels_trick(x, layout, groups):
         w = weight.repeat(groups) if weight is not None else None
         b = bias.repeat(groups) if bias is not None else None
         y = F.batch_norm(to_ghost_channels(x, groups, layout), rms, rvs, w, b, True, factor, eps)

@@ -168,7 +168,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         sigma = (self.running_var + self.eps).sqrt()
         w, b, mu, sd = self.weight, self.bias, self.running_mean, sigma
         xg, calls, layout = x, groups, self.ghost_layout
-        if groups > 1 and use_channels_trick(x, layout):  # a free view: one call over G * C channels
+        if groups > 1 and use_channels_trick(x, layout, groups):  # one call over G * C channels
             xg, calls = to_ghost_channels(x, groups, layout), 1
             w, b = (t.repeat(groups) if t is not None else None for t in (w, b))
             mu, sd = mu.repeat(groups), sd.repeat(groups)
