@@ -58,3 +58,49 @@ def _worker(rank: int, store: str) -> None:
 def test_sync_bn_two_processes_equals_whole_batch_bn(tmp_path):
     # spawn, not fork: a forked child of a process whose OpenMP pool already ran can hang
     mp.spawn(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
+
+
+def test_combined_moments_stay_accurate_in_float32_where_sums_cancel():
+    """Statistics of pieces combined from (count, mean, var) with Chan's formula keep float32 accuracy for channels
+    whose mean is 25x and 250x their spread; E[x^2] - E[x]^2 from float32 sums (the old Sync BN exchange) loses
+    the variance."""
+    from bnlab.norm.stats import channel_sums, combine_moments, local_moments, mean_var
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.2, 0.04, 3.0]).view(
+        1, -1, 1, 1
+    ) + torch.tensor([0.0, 5.0, 10.0, -20.0]).view(1, -1, 1, 1)
+    true_var = x.var(dim=(0, 2, 3), unbiased=False)
+    pieces = [local_moments(p) for p in x.float().split([40, 24])]
+    _, mean, var = combine_moments(*(torch.stack(t) for t in zip(*pieces)))
+    torch.testing.assert_close(mean.double(), x.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(var.double(), true_var, atol=0, rtol=1e-5)
+    total, total_sq, count = (a + b for a, b in zip(*(channel_sums(p) for p in x.float().split([40, 24]))))
+    var_sums = mean_var(total, total_sq, count)[1]
+    rel = (var_sums.double() - true_var).abs() / true_var
+    assert rel[2] > 1e-3, rel  # what float32 sums give at 250x (1e-4 at 25x: the error grows as (mean / std)^2)
+
+
+def test_batch_norm_with_reference_moments_matches_whole_batch_bn_in_float32():
+    """x normalized with statistics of (x + constant reference moments) = BN over the concatenation, forward and
+    backward (the gradient of x's own share; the reference is a constant), float32 against float64."""
+    from bnlab.norm.stats import batch_norm_with_moments, local_moments
+
+    g = torch.Generator().manual_seed(1)
+    shift = torch.tensor([0.0, 6.0, -3.0]).view(1, -1, 1, 1)
+    x, ref = (torch.randn(n, 3, 5, 5, generator=g, dtype=torch.float64) * 0.3 + shift for n in (6, 10))
+    gy = torch.randn(6, 3, 5, 5, generator=g, dtype=torch.float64)
+    w, b = torch.tensor([0.5, 1.5, 2.0]), torch.tensor([0.1, -0.2, 0.3])
+    # float64 reference: BN over the concatenation, gradient flowing only into x's share of the statistics
+    xr = x.clone().requires_grad_()
+    both = torch.cat([xr, ref])
+    mean, var = both.mean(dim=(0, 2, 3)), both.var(dim=(0, 2, 3), unbiased=False)
+    y_ref = (xr - mean.view(1, -1, 1, 1)) * torch.rsqrt(var + 1e-5).view(1, -1, 1, 1) * w.double().view(
+        1, -1, 1, 1
+    ) + b.double().view(1, -1, 1, 1)
+    y_ref.backward(gy)
+    xo = x.float().requires_grad_()
+    y = batch_norm_with_moments(xo, w, b, None, None, 0.0, 1e-5, extra=local_moments(ref.float()))
+    y.backward(gy.float())
+    torch.testing.assert_close(y.double(), y_ref.detach(), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(xo.grad.double(), xr.grad, atol=2e-5, rtol=1e-5)

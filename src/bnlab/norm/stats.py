@@ -1,15 +1,23 @@
-"""Per-channel statistics from sums, and normalization with given statistics.
+"""Per-channel statistics of several pieces of data, combined, and BN with the combined statistics.
 
-Sync BN, Virtual BN and Precise BN all combine statistics of several pieces of data (ranks, a reference batch,
-batches of different sizes). Means and second moments combine exactly when each piece is weighted by its element
-count, so they exchange (sum, sum of squares, count) and turn them into mean and variance only at the end:
-var = E[x^2] - E[x]^2 (Wu et al. 2021, "Rethinking 'Batch' in BatchNorm", appendix; the all-reduce of E[x] and
-E[x^2] in Wu, "Devils in BatchNorm", Sync BN slide).
+Sync BN and Virtual BN normalize a batch with statistics that other data shares (the other ranks' batches, a
+reference batch); Precise BN aggregates statistics over many batches. Two representations:
 
-`batch_norm_with_sums` is the fast path they share: statistics from PyTorch's own fused kernels, the output from
-its eval-mode batch-norm kernel (one pass) and the backward from its training-mode batch-norm backward (one fused
-kernel), corrected by one per-channel affine pass only when other data (ranks, a reference batch) shares the
-statistics. No autograd graph of elementwise ops: within 1.5x of nn.BatchNorm2d instead of 2.5x.
+- moments (count, mean, biased variance) per piece, combined with Chan et al.'s parallel formula (1979, "Updating
+  formulae and a pairwise algorithm for computing sample variances"): N = sum n_i, mean = sum n_i mean_i / N,
+  var = sum n_i (var_i + (mean_i - mean)^2) / N. What Sync BN and Virtual BN exchange (as PyTorch's own
+  SyncBatchNorm gathers per-rank mean and invstd). Stable in float32: every term is non-negative.
+- sums (sum, sum of squares, count), var = E[x^2] - E[x]^2 (Wu et al. 2021, "Rethinking 'Batch' in BatchNorm",
+  appendix; the all-reduce of E[x] and E[x^2] in Wu, "Devils in BatchNorm", Sync BN slide). Accurate in float64,
+  which is how Precise BN accumulates them; in float32 the subtraction cancels, an error that grows as
+  (mean / std)^2: relative error 5e-4 in the variance of a channel whose mean is 25x its std, 1e-2 at 250x
+  (tests/test_norm_sync.py). On PyTorch's fused kernels, a Sync BN fed with float32 sums landed 5.5e-5 from one
+  process after one 2-process training step (tests/test_distributed.py); fed with moments it lands 2e-6.
+
+`batch_norm_with_moments` is the fast path Sync and Virtual BN share: local statistics from PyTorch's fused
+kernel, the output from its eval-mode batch-norm kernel (one pass), the backward from its training-mode
+batch-norm backward (one fused kernel), corrected by one per-channel affine pass only when other data shares
+the statistics. No autograd graph of elementwise ops.
 """
 
 from __future__ import annotations
@@ -41,18 +49,6 @@ def mean_var(total: Tensor, total_sq: Tensor, count: Tensor) -> tuple[Tensor, Te
     return mean, (total_sq / count - mean * mean).clamp_min(0)
 
 
-def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """weight * (x - mean) / sqrt(var + eps) + bias, as one per-channel scale and shift (differentiable in all)."""
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(x.dtype)  # one pass over x
-
-
 @torch.no_grad()
 def update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, count, factor) -> None:
     """PyTorch's EMA: running = (1 - factor) running + factor batch, with the unbiased batch variance."""
@@ -62,13 +58,31 @@ def update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var:
     running_var.lerp_(unbiased.to(running_var.dtype), factor)
 
 
-def local_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """`channel_sums` from PyTorch's fused statistics kernel (one pass, no x * x temporary)."""
+def local_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(count, mean, biased variance) per channel from PyTorch's fused statistics kernel, in float32 at least."""
     xs = x.float() if x.dtype in LOW_PRECISION else x
     mean, var = torch.batch_norm_update_stats(xs, None, None, 0.0)  # biased variance
-    n = x.numel() // max(x.shape[1], 1)
-    count = torch.full((), n, dtype=mean.dtype, device=x.device)
-    return mean * n, (var + mean * mean) * n, count
+    count = torch.full((), x.numel() // max(x.shape[1], 1), dtype=mean.dtype, device=x.device)
+    return count, mean, var
+
+
+def combine_moments(counts: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Chan et al.'s parallel formula over pieces: counts (k,), means and variances (k, C) -> (N, mean, var)."""
+    total = counts.sum()
+    w = (counts / total).unsqueeze(1)
+    mean = (w * means).sum(0)
+    var = (w * (variances + (means - mean) ** 2)).sum(0)
+    return total, mean, var
+
+
+def _gather_moments(count: Tensor, mean: Tensor, var: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
+    """Every rank's (count, mean, var) of `group` in one all-gather: (world,), (world, C), (world, C)."""
+    c = mean.shape[0]
+    packed = torch.cat([count.view(1), mean, var])
+    parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, packed, group=group)
+    stacked = torch.stack(parts)
+    return stacked[:, 0], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
 
 
 def _all_reduce(t: Tensor, group) -> Tensor:
@@ -77,8 +91,9 @@ def _all_reduce(t: Tensor, group) -> Tensor:
     return t
 
 
-class _BatchNormWithSums(torch.autograd.Function):
-    """BN of x with statistics of (x's sums + constant extra sums), summed over the ranks of `group`.
+class _BatchNormWithMoments(torch.autograd.Function):
+    """BN of x with the statistics of x's moments combined with constant `extra` moments and with the moments of
+    the other ranks of `group`.
 
     Backward (Ioffe & Szegedy 2015, sec. 3, with N the total count and sums over every sample with a gradient,
     i.e. over all ranks): dx = w * invstd * (dy - sum(dy) / N - x_hat * sum(dy * x_hat) / N). PyTorch's
@@ -88,21 +103,23 @@ class _BatchNormWithSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, extra, group, eps):
-        total, total_sq, count = local_sums(x)
-        n_local = count.clone()
-        if extra is not None:
-            total, total_sq, count = total + extra[0], total_sq + extra[1], count + extra[2]
-        shared = extra is not None or (group is not None and dist.get_world_size(group) > 1)
-        if group is not None and dist.get_world_size(group) > 1:
-            c = x.shape[1]
-            packed = _all_reduce(torch.cat([total, total_sq, count.view(1)]), group)  # one collective
-            total, total_sq, count = packed[:c], packed[c : 2 * c], packed[2 * c]
-        mean, var = mean_var(total, total_sq, count)
+        n_local, mean, var = local_moments(x)
+        distributed = group is not None and dist.get_world_size(group) > 1
+        count = n_local
+        if distributed or extra is not None:
+            counts, means, variances = (
+                _gather_moments(n_local, mean, var, group) if distributed else (n_local.view(1), mean[None], var[None])
+            )
+            if extra is not None:
+                counts = torch.cat([counts, extra[0].view(1)])
+                means, variances = torch.cat([means, extra[1][None]]), torch.cat([variances, extra[2][None]])
+            count, mean, var = combine_moments(counts, means, variances)
         w = weight if weight is not None else torch.ones_like(mean)
         # the eval-mode kernel normalizes with given statistics: one fused pass (mixed bf16/fp32 on CPU and CUDA)
         y = torch.native_batch_norm(x, w, bias, mean, var, False, 0.0, eps)[0]
         ctx.save_for_backward(x, w, mean, torch.rsqrt(var + eps), count, n_local)
-        ctx.group, ctx.eps, ctx.shared, ctx.has_weight = group, eps, shared, weight is not None
+        ctx.group, ctx.eps, ctx.has_weight = group, eps, weight is not None
+        ctx.shared, ctx.distributed = distributed or extra is not None, distributed
         ctx.mark_non_differentiable(mean, var, count)
         return y, mean, var, count
 
@@ -116,8 +133,9 @@ class _BatchNormWithSums(torch.autograd.Function):
         )
         if need[0] and ctx.shared:
             # grad_w = sum(dy * x_hat), grad_b = sum(dy), both local; the true gradient uses the global sums
-            packed = _all_reduce(torch.cat([grad_b, grad_w]), ctx.group)
             c = x.shape[1]
+            packed = torch.cat([grad_b, grad_w])
+            packed = _all_reduce(packed, ctx.group) if ctx.distributed else packed
             sum_dy, sum_dy_xhat = packed[:c], packed[c:]
             k = w * invstd
             a = k * (grad_b / n_local - sum_dy / count)
@@ -132,10 +150,10 @@ class _BatchNormWithSums(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def batch_norm_with_sums(x, weight, bias, running_mean, running_var, factor, eps, extra=None, group=None) -> Tensor:
-    """BN with statistics over x plus constant `extra` sums (sum, sum of squares, count) and over the ranks of
+def batch_norm_with_moments(x, weight, bias, running_mean, running_var, factor, eps, extra=None, group=None):
+    """BN with statistics over x plus constant `extra` moments (count, mean, biased var) and over the ranks of
     `group` (Sync BN); moves the running buffers, if given, toward the combined mean and unbiased variance."""
-    y, mean, var, count = _BatchNormWithSums.apply(x, weight, bias, extra, group, eps)
+    y, mean, var, count = _BatchNormWithMoments.apply(x, weight, bias, extra, group, eps)
     if running_mean is not None:
         update_running(running_mean, running_var, mean, var, count, factor)
     return y

@@ -1,38 +1,21 @@
 """Sync BN: batch statistics over the samples of several processes (Wu, "Devils in BatchNorm", Sync BN slide).
 
-Each rank sends (per-channel sum, sum of squares, element count) through ONE all-reduce; every rank then
-normalizes its own samples with the mean and variance of the union. The all-reduce is differentiable (its
-backward all-reduces the gradient), so each sample's gradient sees the other ranks' samples through the shared
-statistics, exactly as single-process BN over the whole batch. Counts travel with the sums, so ranks with unequal
-batches are weighted by their sizes. Plain torch.distributed collectives: works with gloo on CPU (PyTorch's
-SyncBatchNorm only accepts CUDA tensors) and with NCCL on GPU.
+Each rank computes its own (count, mean, variance) per channel and sends them through ONE all-gather; every rank
+combines them with Chan et al.'s parallel formula and normalizes its own samples with the mean and variance of
+the union (bnlab.norm.stats). In the backward each rank all-reduces its (sum dy, sum dy * x_hat) per channel, so
+each sample's gradient sees the other ranks' samples through the shared statistics, exactly as single-process BN
+over the whole batch. Counts travel with the moments, so ranks with unequal batches are weighted by their sizes.
+Plain torch.distributed collectives: works with gloo on CPU (PyTorch's SyncBatchNorm only accepts CUDA tensors)
+and with NCCL on GPU. The kernels are PyTorch's own fused batch-norm kernels (forward statistics, eval-mode
+normalization, training-mode backward) plus one per-channel correction pass in the backward.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from bnlab.norm.stats import channel_sums, mean_var, normalize, update_running
-
-
-class AllReduceSum(torch.autograd.Function):
-    """Sum over the ranks of `group`; the gradient of a sum that every rank uses is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group) -> Tensor:
-        ctx.group = group
-        out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
-
+from bnlab.norm.stats import batch_norm_with_moments
 
 _SUBGROUPS: dict[tuple[int, int], object] = {}
 
@@ -88,11 +71,4 @@ def sync_batch_norm(
     group,
 ) -> Tensor:
     """Normalize `x` with the statistics of the union of all ranks' batches in `group`; update the EMA if given."""
-    c = x.shape[1]
-    total, total_sq, count = channel_sums(x)
-    packed = AllReduceSum.apply(torch.cat([total, total_sq, count.view(1)]), group)  # one collective, not three
-    total, total_sq, count = packed[:c], packed[c : 2 * c], packed[2 * c]
-    mean, var = mean_var(total, total_sq, count)
-    if running_mean is not None:
-        update_running(running_mean, running_var, mean.detach(), var.detach(), count.detach(), factor)
-    return normalize(x, mean, var, weight, bias, eps)
+    return batch_norm_with_moments(x, weight, bias, running_mean, running_var, factor, eps, group=group)

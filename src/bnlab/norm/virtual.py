@@ -8,9 +8,9 @@ without back-propagating through the extra images. Here:
         loss = loss_fn(model(x), y)      # each BatchNorm2d normalizes x with stats of (x + reference)
     loss.backward()                      # gradients flow through x's share of the statistics only
 
-At entry every bnlab BatchNorm2d records (sum, sum of squares, count) of its input on the reference batch, which
+At entry every bnlab BatchNorm2d records (count, mean, variance) of its input on the reference batch, which
 it normalizes with the reference's own statistics (as in Salimans et al.: "the reference batch is normalized
-using only its own statistics"). Inside the block, a training-mode forward combines the batch's sums (with
+using only its own statistics"). Inside the block, a training-mode forward combines the batch's moments (with
 gradient) with the recorded ones (constants) and moves the EMA toward the combined statistics. The statistics
 depend on the current weights, so enter the block once per step: the cost is one forward of the reference batch
 per step, without a backward, and memory for one (C,) triple per layer. Works with plain batch statistics only
@@ -33,25 +33,25 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.norm.batchnorm import BatchNorm2d
-from bnlab.norm.stats import batch_norm_with_sums, local_sums
+from bnlab.norm.stats import batch_norm_with_moments, local_moments
 
 
 class ReferenceStats:
-    """Per-layer state: records the reference batch's sums on the first call, then normalizes with them."""
+    """Per-layer state: records the reference batch's moments on the first call, then normalizes with them."""
 
     def __init__(self):
-        self.sums: tuple[Tensor, Tensor, Tensor] | None = None
+        self.moments: tuple[Tensor, Tensor, Tensor] | None = None
 
     def __call__(self, layer: BatchNorm2d, x: Tensor) -> Tensor:
-        if self.sums is None:  # the reference pass: its own statistics, nothing updated
-            self.sums = tuple(t.detach() for t in local_sums(x))
-            return batch_norm_with_sums(x, layer.weight, layer.bias, None, None, 0.0, layer.eps)
+        if self.moments is None:  # the reference pass: its own statistics, nothing updated
+            self.moments = tuple(t.detach() for t in local_moments(x))
+            return batch_norm_with_moments(x, layer.weight, layer.bias, None, None, 0.0, layer.eps)
         rm = rv = factor = None
         if layer.update_stats:
             layer.num_batches_tracked.add_(1)
             factor = layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked)
             rm, rv = layer.running_mean, layer.running_var
-        return batch_norm_with_sums(x, layer.weight, layer.bias, rm, rv, factor, layer.eps, extra=self.sums)
+        return batch_norm_with_moments(x, layer.weight, layer.bias, rm, rv, factor, layer.eps, extra=self.moments)
 
 
 @contextmanager
