@@ -12,7 +12,10 @@
 (4) sweep: aggregate images/s of N concurrent training processes x T threads (1x2, 2x1, 1, 2, 4, 8 runs).
 (5) studies: each study's CPU preset wall time, from the committed results/<study>/cpu/runs.csv (sum of the
     runs' own wall times: a sequential sweep's duration; not re-run here).
-(6) stack: aggregate training images/s of k = 1, 2, 4, 8 resnet20 runs stacked into one process with torch.func
+(6) norm_train: the training step of resnet20 at the CPU preset (plain loop, same batches) with each
+    normalization the studies train with, as images/s / the step with plain BN: what a norm layer costs in a real
+    network, whose small activations (8-32 channels, 7-28 px) the single-layer table does not cover.
+(7) stack: aggregate training images/s of k = 1, 2, 4, 8 resnet20 runs stacked into one process with torch.func
     (bnlab.train.stacked) against the same k runs stepped one after another (scripts/bench_stack.py).
 
 Each table is printed and written as CSV with device, versions and date; results/bench/README.md explains them.
@@ -193,6 +196,52 @@ def bench_train(models, n_batches: int, rounds: int, with_compile: tuple[str, ..
     return rows
 
 
+NORM_CONFIGS = {  # the normalizations the CPU presets train with (Ghost groups of 2 / 8 / 32 in the NBS study)
+    "BN": [],
+    "Ghost nbs=2": ["norm=ghost", "norm.nbs=2"],
+    "Ghost nbs=8": ["norm=ghost", "norm.nbs=8"],
+    "Ghost nbs=32": ["norm=ghost", "norm.nbs=32"],
+    "Ghost nbs=8 strided": ["norm=ghost", "norm.nbs=8", "norm.ghost_layout=strided"],
+    "Batch Renorm": ["norm=renorm"],
+    "Batch Renorm nbs=4": ["norm=renorm", "norm.nbs=4"],
+    "GroupNorm": ["norm=group"],
+}
+
+
+def bench_norm_train(n_batches: int, rounds: int, model: str = "resnet20") -> list[dict]:
+    """The plain training step of `model` with each normalization of NORM_CONFIGS; ratio = time / BN's time."""
+    base = Setup(model, [f"train.batches_per_epoch={n_batches}"])
+    batches = plain_batches(base, n_batches)
+    models = {
+        name: Setup(model, [f"train.batches_per_epoch={n_batches}", *extra]).model
+        for name, extra in NORM_CONFIGS.items()
+    }
+    for m in models.values():
+        run_plain(m, batches[:2], 0.01)  # warm-up
+    times = {name: [] for name in models}
+    for _ in range(rounds):  # interleaved, as every table here
+        for name, m in models.items():
+            times[name].append(run_plain(m, batches, 0.01))
+    ref = statistics.median(times["BN"])
+    b = len(batches[0][0])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append(
+            {
+                "model": model,
+                "norm": name,
+                "batch": b,
+                "batches": n_batches,
+                "rounds": rounds,
+                "images_per_s": round(n_batches * b / med, 1),
+                "time_vs_bn": round(med / ref, 3),
+            }
+        )
+    print("[bench] norm_train " + ", ".join(f"{r['norm']} {r['time_vs_bn']}x" for r in rows), flush=True)
+    return rows
+
+
 def bench_overhead(models, n_batches: int) -> list[dict]:
     """Per epoch of the CPU preset: training, data loading alone, evaluation and monitor, in seconds."""
     from bnlab.diagnostics import build_monitor
@@ -335,7 +384,7 @@ def bench_studies() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="norm,train,overhead,sweep,studies,stack")
+    parser.add_argument("--sections", default="norm,norm_train,train,overhead,sweep,studies,stack")
     parser.add_argument("--quick", action="store_true", help="fewer batches and rounds")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the train and overhead tables")
     parser.add_argument("--compile-models", default="", help="models also timed with train.compile=true")
@@ -357,6 +406,8 @@ def main() -> None:
     if "norm" in sections:
         cmd = [sys.executable, str(ROOT / "scripts" / "bench_norm.py"), "--device", prov["device"]]
         subprocess.run([*cmd, "--shapes", args.norm_shapes] + (["--quick"] if args.quick else []), check=True)
+    if "norm_train" in sections:
+        write_table(f"norm_train_{torch.get_num_threads()}t", bench_norm_train(8 if args.quick else 15, 3), prov)
     if "train" in sections:
         compiled = tuple(args.compile_models.split(","))
         rows = bench_train(models, 8 if args.quick else 15, 2 if args.quick else 3, compiled)
