@@ -36,6 +36,7 @@ GHOST_LAYOUTS = ("contiguous", "strided")
 
 _BN_FORWARD_OUT = torch.ops.aten.native_batch_norm.out
 _BN_BACKWARD = torch.ops.aten.native_batch_norm_backward.default
+_BN_BACKWARD_OUT = torch.ops.aten.native_batch_norm_backward.out
 
 
 def ghost_groups(nbs: int | None, batch_size: int) -> int:
@@ -87,6 +88,22 @@ def group_slices(x: Tensor, groups: int, layout: str) -> list[Tensor]:
     if layout == "strided":
         return [x[g::groups] for g in range(groups)]
     return list(x.chunk(groups, 0))
+
+
+def group_view(t: Tensor, groups: int, layout: str) -> tuple[Tensor, tuple[int, ...]]:
+    """A view of a dense 4-D tensor (contiguous or channels_last) with separate group and channel dims, and the
+    shape a (groups, C) tensor takes to broadcast over it: one elementwise call then applies per-group,
+    per-channel constants to the whole batch."""
+    b, c, h, w = t.shape
+    n = b // groups
+    if memory_format(t) == torch.channels_last:
+        t = t.permute(0, 2, 3, 1)  # (B, H, W, C), dense
+        if layout == "strided":
+            return t.view(n, groups, h * w, c), (1, groups, 1, c)
+        return t.view(groups, n * h * w, c), (groups, 1, c)
+    if layout == "strided":
+        return t.view(n, groups, c, h * w), (1, groups, c, 1)
+    return t.view(groups, n, c, h * w), (groups, 1, c, 1)
 
 
 def _dense(t: Tensor, fmt: torch.memory_format) -> Tensor:
@@ -156,8 +173,6 @@ def group_batch_norm_backward(grad_out, x, weights, mean, invstd, eps, groups, l
     c = x.shape[1]
     fmt = memory_format(x)
     grad_out = grad_out.contiguous(memory_format=fmt)
-    # the .out overload of the backward computes into temporaries and copies, so the functional one is called
-    # per group and its input gradient copied into the group's slice (a cache-sized copy)
     xs, gys = group_slices(x, groups, layout), group_slices(grad_out, groups, layout)
     if groups == 1:
         w = weights[0] if weights is not None and weights.dim() == 2 else weights
@@ -165,19 +180,33 @@ def group_batch_norm_backward(grad_out, x, weights, mean, invstd, eps, groups, l
         return grad_x, gw.view(1, c) if mask[1] else None, gb.view(1, c) if mask[2] else None
     grad_x = _empty_like_input(x) if mask[0] else None
     gxs = group_slices(grad_x, groups, layout) if mask[0] else None
-    gw = torch.empty(groups, c, dtype=mean.dtype, device=x.device) if mask[1] else None
-    gb = torch.empty(groups, c, dtype=mean.dtype, device=x.device) if mask[2] else None
+    # the per-group sums are computed anyway: keep them (G, C) even when the caller needs no affine gradients
+    gw = torch.empty(groups, c, dtype=mean.dtype, device=x.device)
+    gb = torch.empty(groups, c, dtype=mean.dtype, device=x.device)
     for g in range(groups):
         w = weights[g] if weights is not None and weights.dim() == 2 else weights
-        gx_g, gw_g, gb_g = _BN_BACKWARD(
-            _dense(gys[g], fmt), _dense(xs[g], fmt), w, None, None, mean[g], invstd[g], True, eps, mask
-        )
+        xg, gyg = _dense(xs[g], fmt), _dense(gys[g], fmt)
+        if mask[0] and xg is xs[g]:  # a dense slice: the kernel writes the group's input gradient in place
+            _BN_BACKWARD_OUT(
+                gyg,
+                xg,
+                w,
+                None,
+                None,
+                mean[g],
+                invstd[g],
+                True,
+                eps,
+                [True, True, True],
+                out0=gxs[g],
+                out1=gw[g],
+                out2=gb[g],
+            )
+            continue
+        gx_g, gw[g], gb[g] = _BN_BACKWARD(gyg, xg, w, None, None, mean[g], invstd[g], True, eps, [mask[0], True, True])
         if mask[0]:
             gxs[g].copy_(gx_g)
-        if mask[1]:
-            gw[g] = gw_g
-        if mask[2]:
-            gb[g] = gb_g
+    gw, gb = (gw if mask[1] else None), (gb if mask[2] else None)
     return grad_x, gw, gb
 
 

@@ -29,7 +29,7 @@ from bnlab.norm.ghost import (
     ghost_groups,
     group_batch_norm_backward,
     group_batch_norm_forward,
-    group_slices,
+    group_view,
     to_ghost_channels,
     use_channels_trick,
 )
@@ -70,9 +70,8 @@ class _BatchRenorm(torch.autograd.Function):
         scale, shift = r, d
         if weight is not None:
             scale, shift = weight * r, weight * d + bias
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        for g, og in enumerate(group_slices(out, groups, layout)):  # in place: the backward needs x only
-            og.mul_(scale[g].view(shape)).add_(shift[g].view(shape))
+        view, shape = group_view(out, groups, layout)  # in place, one pass: the backward needs x only
+        torch.addcmul(shift.view(shape), view, scale.view(shape), out=view)
         ctx.save_for_backward(x, weight, mean, invstd, r, d)
         ctx.eps, ctx.groups, ctx.layout = eps, groups, layout
         ctx.mark_non_differentiable(mean, sigma)
