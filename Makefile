@@ -12,8 +12,8 @@ export WANDB_SILENT ?= true
 #         [RETRY_FAILED=1] [ARGS="hydra overrides"]
 EXP          ?=
 SCALE        ?= cpu
-# CPU sweeps default to 2 runs at once x 1 thread each: 6.7x the aggregate images/s of 1 run x 2 threads on the
-# shared 2-core machine (results/bench/sweep_cpu.csv, `make bench`); other scales stay sequential by default
+# CPU sweeps default to 2 runs at once x 1 thread each: 1.23x the aggregate images/s of 1 run x 2 threads on the
+# idle 2-core machine (results/bench/sweep_cpu.csv, `make bench`); other scales stay sequential by default
 LAUNCHER     ?= $(if $(filter cpu,$(SCALE)),joblib,basic)
 JOBS         ?= 2
 THREADS      ?= 1

@@ -148,6 +148,18 @@ def run_bnlab(setup: Setup, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each timed function over `rounds`, after one warm-up call each (allocator, kernels).
+    Interleaved, one call of each per round, so load from other jobs on the machine hits every variant alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(fn())
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def bench_train(models, n_batches: int, rounds: int, with_compile: tuple[str, ...]) -> list[dict]:
     rows = []
     for model in models:
@@ -170,15 +182,9 @@ def bench_train(models, n_batches: int, rounds: int, with_compile: tuple[str, ..
             run_bnlab(s, 2)  # warm-up; for compile: the compilations of the training shapes
             compile_s[name] = time.perf_counter() - t0
             variants[name] = lambda s=s: run_bnlab(s, n_batches)
-        for fn in variants.values():
-            fn()  # warm-up (allocator, kernels)
-        times = {name: [] for name in variants}
-        for _ in range(rounds):  # interleaved: load on the shared machine hits every variant alike
-            for name, fn in variants.items():
-                times[name].append(fn())
-        ref = statistics.median(times["plain"])
-        for name, ts in times.items():
-            med = statistics.median(ts)
+        medians = interleaved(variants, rounds)
+        ref = medians["plain"]
+        for name, med in medians.items():
             rows.append(
                 {
                     "model": model,
@@ -191,7 +197,7 @@ def bench_train(models, n_batches: int, rounds: int, with_compile: tuple[str, ..
                     "warmup_s": round(compile_s.get(name, 0.0), 1),
                 }
             )
-        done = ", ".join(f"{r['variant']} {r['images_per_s']}" for r in rows[-len(times) :])
+        done = ", ".join(f"{r['variant']} {r['images_per_s']}" for r in rows[-len(medians) :])
         print(f"[bench] train {model}: {done}", flush=True)
     return rows
 
@@ -216,17 +222,10 @@ def bench_norm_train(n_batches: int, rounds: int, model: str = "resnet20") -> li
         name: Setup(model, [f"train.batches_per_epoch={n_batches}", *extra]).model
         for name, extra in NORM_CONFIGS.items()
     }
-    for m in models.values():
-        run_plain(m, batches[:2], 0.01)  # warm-up
-    times = {name: [] for name in models}
-    for _ in range(rounds):  # interleaved, as every table here
-        for name, m in models.items():
-            times[name].append(run_plain(m, batches, 0.01))
-    ref = statistics.median(times["BN"])
-    b = len(batches[0][0])
+    medians = interleaved({name: lambda m=m: run_plain(m, batches, 0.01) for name, m in models.items()}, rounds)
+    ref, b = medians["BN"], len(batches[0][0])
     rows = []
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         rows.append(
             {
                 "model": model,

@@ -3,7 +3,7 @@
 One file per idea: batchnorm (plain BN, the NBS knob), ghost (Ghost BN), sync (Sync BN), renorm (Batch Renorm),
 frozen, separate (per-domain statistics), virtual (reference-batch BN), attach (domain ids and the reference batch reach
 the layers through model hooks), precise (Precise / Adaptive BN), modes
-(train/eval switching that leaves buffers untouched), stats (the sums -> mean/var formula they share), factory
+(train/eval switching that leaves buffers untouched), stats (combining statistics of several pieces of data), factory
 (config -> layer), validate (config checks).
 
 The ten ways to do BatchNorm (Wu, "Devils in BatchNorm", summary slide). Plain BN is `norm=batch`: batch
