@@ -16,6 +16,7 @@ import contextlib
 import csv
 import os
 import platform
+import random
 import socket
 import statistics
 import time
@@ -112,8 +113,14 @@ def bench_device(device: str, reps: int, shapes: dict) -> list[dict]:
             for step in steps.values():  # warm-up: allocator, kernels, first-call overheads
                 step()
             times = {name: [] for name in steps}
-            for _ in range(reps):
-                for name, step in steps.items():
+            order = list(steps)
+            for r in range(reps):
+                # a new order every round, so no variant always runs right after the same one: in a fixed order
+                # nn.BatchNorm2d (first, after InstanceNorm) measured 1.25x the same kernel called through bnlab
+                # BatchNorm2d on the ImageNet channels_last shape
+                random.Random(r).shuffle(order)
+                for name in order:
+                    step = steps[name]
                     _sync(device)
                     t0 = time.perf_counter()
                     step()
