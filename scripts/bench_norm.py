@@ -19,6 +19,7 @@ import platform
 import random
 import socket
 import statistics
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -98,6 +99,11 @@ def _format(x: torch.Tensor):
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -136,6 +142,7 @@ def bench_device(device: str, reps: int, shapes: dict) -> list[dict]:
                         "threads": torch.get_num_threads() if device == "cpu" else "",
                         "torch": torch.__version__,
                         "python": platform.python_version(),
+                        "commit": _commit(),
                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "shape_name": shape_name,
                         "shape": "x".join(map(str, shape)),
