@@ -52,6 +52,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "SGD batch and learning rate fixed. Source: ResNet-50/ImageNet (Wu, Devils in BatchNorm).",
     )
     written += u_shape_tests(single, [m for m in ("val_err_running", "val_err_precise") if m in single], out)
+    if (processes > 1).any():
+        written += sync_vs_one_process(done, processes, metrics, out)
     fig, axes = new_figure(ncols=2, width=9.5)
     ax = axes[0][0]
     for m in metrics:
@@ -137,6 +139,36 @@ def u_shape_tests(single: pd.DataFrame, metrics: list[str], out) -> list:
         "nbs_u_test",
         "Validation error (%) per NBS: mean and 95% t-interval over seeds; rows 'a vs b': error at NBS a minus "
         "error at NBS b, Welch's two-sided t-test over seeds.",
+    )
+
+
+def sync_vs_one_process(done: pd.DataFrame, processes: pd.Series, metrics: list[str], out) -> list:
+    """At each NBS the Sync BN arm reaches: Sync BN across processes minus one process with the same NBS, with
+    Welch's two-sided t-test over seeds (the same statistics should give the same errors up to seed noise)."""
+    rows = []
+    for n in sorted(set(done.loc[processes > 1, "nbs"])):
+        sync, one = done[(processes > 1) & (done["nbs"] == n)], done[(processes == 1) & (done["nbs"] == n)]
+        for m in metrics:
+            a, b = sync[m].to_numpy() * 100, one[m].to_numpy() * 100
+            t = stats.ttest_ind(a, b, equal_var=False) if min(len(a), len(b)) > 1 else None
+            rows.append(
+                {
+                    "nbs": n,
+                    "metric": LABELS[m],
+                    "n sync / one": f"{len(a)} / {len(b)}",
+                    "sync": f"{a.mean():.2f}" if len(a) else "",
+                    "one process": f"{b.mean():.2f}" if len(b) else "",
+                    "sync - one": f"{a.mean() - b.mean():.2f}" if len(a) and len(b) else "",
+                    "Welch t": f"{t.statistic:.2f}" if t is not None else "",
+                    "p (two-sided)": f"{t.pvalue:.3g}" if t is not None else "",
+                }
+            )
+    return write_table(
+        pd.DataFrame(rows),
+        out,
+        "nbs_sync_test",
+        "Sync BN (the NBS reached across processes) against one process with the same NBS: error (%), mean over "
+        "seeds, and Welch's two-sided t-test over seeds.",
     )
 
 
