@@ -85,3 +85,14 @@ def test_an_arm_that_joins_a_study_keeps_that_studys_settings(scale):
         a, b = (OmegaConf.select(c, key) for c in (base, joined))
         assert a == b, key
     assert joined.train.processes == 2 and base.train.processes == 1
+
+
+def test_an_arm_that_joins_a_study_is_collected_as_that_study(tmp_path, capsys):
+    """`bnlab collect nbs_sync` collects study nbs (where nbs_sync's runs land), not an empty runs/nbs_sync."""
+    from bnlab.cli import joined_study, main
+
+    assert joined_study("nbs_sync") == "nbs" and joined_study("nbs") == "nbs"
+    assert joined_study("nbs_demo") == "nbs_demo"  # not an experiment: a runs folder of its own
+    with pytest.raises(SystemExit, match="runs/nbs$"):  # looked in runs/nbs, found nothing
+        main(["collect", "nbs_sync", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "nbs_sync's runs join study nbs" in capsys.readouterr().out

@@ -51,12 +51,13 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "Error (%) by normalization batch size, mean ± std over seeds; "
         "SGD batch and learning rate fixed. Source: ResNet-50/ImageNet (Wu, Devils in BatchNorm).",
     )
-    written += u_shape_tests(single, [m for m in ("val_err_running", "val_err_precise") if m in single], out)
+    if not single.empty:  # (an nbs_sync sweep alone has only Sync BN runs)
+        written += u_shape_tests(single, [m for m in ("val_err_running", "val_err_precise") if m in single], out)
     if (processes > 1).any():
         written += sync_vs_one_process(done, processes, metrics, out)
     fig, axes = new_figure(ncols=2, width=9.5)
     ax = axes[0][0]
-    for m in metrics:
+    for m in metrics if not single.empty else []:
         errorbar_lines(ax, agg, "nbs", m, label_fmt=LABELS[m])
     synced = aggregate(done[processes > 1], ["nbs"], metrics) if (processes > 1).any() else None
     if synced is not None:  # the Sync BN arm: same NBS reached across processes, drawn as open markers

@@ -22,6 +22,21 @@ def studies() -> list[str]:
     return sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
+def joined_study(name: str) -> str:
+    """The study whose runs an experiment writes: its `study` key, or that of the experiment it builds on (nbs_sync
+    lists nbs in its defaults and joins study nbs). Any other name (a folder like nbs_demo) is itself."""
+    from omegaconf import OmegaConf
+
+    path = REPO_ROOT / "conf" / "experiment" / f"{name}.yaml"
+    if not path.exists():
+        return name
+    cfg = OmegaConf.load(path)
+    if "study" in cfg:
+        return str(cfg.study)
+    bases = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return joined_study(bases[0]) if bases else name
+
+
 def _results_dir(args) -> Path:
     return Path(args.out) if args.out else REPO_ROOT / "results" / args.study / args.preset
 
@@ -95,6 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
     args = p.parse_args(argv)
+    if args.command in ("collect", "figures", "status"):
+        study = joined_study(args.study)
+        if study != args.study:
+            print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")
+            args.study = study
     args.fn(args)
 
 
