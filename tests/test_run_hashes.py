@@ -49,11 +49,13 @@ def _recomposed_ids() -> dict[Path, set[str]]:
 def test_committed_run_ids_recompose():
     recomposed = _recomposed_ids()
     checked = 0
-    for csv in sorted((REPO_ROOT / "results").glob("*/cpu/runs.csv")):
+    results = REPO_ROOT / "results"
+    for csv in sorted([*results.glob("*/cpu/runs.csv"), *results.glob("*/cpu/*/runs.csv")]):
         runs = pd.read_csv(csv)
         if "run_id" not in runs:
             continue
-        lost = sorted(set(runs["run_id"]) - recomposed.get(csv.parent, set()))
+        study_dir = csv.parent if csv.parent.name == "cpu" else csv.parent.parent  # results/nbs/cpu/sync_arm: nbs
+        lost = sorted(set(runs["run_id"]) - recomposed.get(study_dir, set()))
         assert not lost, f"{csv}: these committed runs no longer recompose from conf/ (a run hash changed): {lost}"
         checked += len(runs)
     if checked == 0:
