@@ -10,7 +10,7 @@ measurement (scripts/bench.py, results/bench/norm_cpu.csv; `use_channels_trick` 
   and out (forward and backward), which made Ghost BN 2-4x nn.BatchNorm2d.
 - group loop (this file's `GhostBatchNormFn`): the samples of one group are one dense slice of the batch in the
   contiguous layout (both memory formats), so G calls of PyTorch's own fused batch-norm kernels write straight
-  into slices of one output (forward; each group's input gradient is copied into its slice, a cache-sized copy):
+  into slices of one output (forward) and of one input gradient (backward, `native_batch_norm_backward.out`):
   no copy of the batch, no autograd graph of elementwise ops, the numerics of a loop of nn.BatchNorm2d over the
   groups. Its cost is a fixed overhead per group (a few kernel calls), so it wins when groups are large.
 
