@@ -1,11 +1,18 @@
-"""What produced a result: git commit (and dirtiness), library versions, device."""
+"""What produced a result: git commit (and dirtiness), library versions, device, CPU model, threads and math
+libraries. On CPU a run is bitwise reproducible for the same CPU model, thread count and torch build (measured:
+results/README.md), so those are recorded beside the commit."""
 
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
+from functools import lru_cache
 
 from bnlab import REPO_ROOT, __version__
+
+# untracked files here change what a run computes (a new config, module or analysis), so they make a run dirty
+SOURCE_DIRS = ("src", "conf", "experiments", "scripts")
 
 
 def _git(*args: str) -> str | None:
@@ -17,9 +24,42 @@ def _git(*args: str) -> str | None:
 
 
 def git_info() -> dict:
+    """Commit, and dirty = tracked changes anywhere or untracked files under SOURCE_DIRS (ignored files excluded)."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+    tracked = _git("status", "--porcelain", "--untracked-files=no")
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_DIRS)
+    if tracked is None or untracked is None:
+        return {"git_commit": commit, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(tracked or untracked)}
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def math_libraries() -> str:
+    """BLAS / oneDNN / CPU capability of this torch build, from torch.__config__.show(), one line."""
+    import torch
+
+    shown = torch.__config__.show()
+    found = []
+    for label, pattern in (("BLAS", r"BLAS_INFO=(\w+)"), ("MKL", r"Math Kernel Library Version ([\d.]+)"),
+                           ("oneDNN", r"MKL-DNN v([\d.]+)"), ("OpenMP", r"OpenMP (\d+)"),
+                           ("CPU capability", r"CPU capability usage: (\w+)")):
+        m = re.search(pattern, shown)
+        if m:
+            found.append(f"{label} {m.group(1)}")
+    return "; ".join(found)
 
 
 def environment(device: str) -> dict:
@@ -32,6 +72,9 @@ def environment(device: str) -> dict:
         "cuda": torch.version.cuda,
         "device": device,
         "hostname": platform.node(),
+        "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "math_libraries": math_libraries(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
