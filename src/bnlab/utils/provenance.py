@@ -53,9 +53,13 @@ def math_libraries() -> str:
 
     shown = torch.__config__.show()
     found = []
-    for label, pattern in (("BLAS", r"BLAS_INFO=(\w+)"), ("MKL", r"Math Kernel Library Version ([\d.]+)"),
-                           ("oneDNN", r"MKL-DNN v([\d.]+)"), ("OpenMP", r"OpenMP (\d+)"),
-                           ("CPU capability", r"CPU capability usage: (\w+)")):
+    for label, pattern in (
+        ("BLAS", r"BLAS_INFO=(\w+)"),
+        ("MKL", r"Math Kernel Library Version ([\d.]+)"),
+        ("oneDNN", r"MKL-DNN v([\d.]+)"),
+        ("OpenMP", r"OpenMP (\d+)"),
+        ("CPU capability", r"CPU capability usage: (\w+)"),
+    ):
         m = re.search(pattern, shown)
         if m:
             found.append(f"{label} {m.group(1)}")
