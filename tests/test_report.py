@@ -1,7 +1,9 @@
-"""`bnlab report`: opens with one row per claim (from the claim.yaml files), wide tables scroll, n = 1 has no ±."""
+"""`bnlab report`: opens with one row per claim and study (declared tests, computed verdict), wide tables scroll,
+n = 1 has no ±."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pandas as pd
 import pytest
 
 from bnlab import REPO_ROOT
-from bnlab.results.claims import VERDICTS, ClaimFileError, claim_rows
+from bnlab.results.claim_tests import VERDICTS
+from bnlab.results.claims import claim_rows, load_claims
 from bnlab.results.report import build_report
 from bnlab.results.tables import aggregate, mean_std_cells, mean_std_text
 
@@ -18,13 +21,14 @@ EXPERIMENTS = REPO_ROOT / "experiments"
 
 def test_committed_claim_files_are_valid_and_point_at_committed_results():
     rows = claim_rows(EXPERIMENTS)
-    assert [c.id for c, _ in rows] == [f"C{i}" for i in range(1, 9)]
+    assert [c.id for c, _ in rows] == [c.id for c in load_claims(EXPERIMENTS)]  # every claim of claims.yaml, in order
     studies = [sc for _, scs in rows for sc in scs]
     assert {sc.study for sc in studies} >= {"nbs", "renorm_small", "renorm_noniid", "forum_instability"}
     for sc in studies:
-        assert sc.verdict in VERDICTS
-        if sc.verdict != "not run":
-            assert (REPO_ROOT / sc.evidence).is_file(), f"{sc.study}: evidence {sc.evidence} is not committed"
+        assert sc.verdict in VERDICTS and sc.tests
+        assert (REPO_ROOT / sc.results).is_dir(), f"{sc.study}: results folder {sc.results} is not committed"
+        for r in sc.outcomes:  # every declared test finds its table, arms and metric in the committed results
+            assert r.outcome != "not run", f"{sc.study}: {r.line()}"
 
 
 def test_report_opens_with_a_row_per_claim(tmp_path):
@@ -38,10 +42,12 @@ def test_report_opens_with_a_row_per_claim(tmp_path):
             assert "no study yet" in row
         for sc in studies:
             row = re.search(rf'<tr id="claim-{cid.id}-{sc.study}">.*?</tr>', claims).group(0)
-            assert sc.verdict in row and "README.md" in row
+            assert f">{sc.verdict}<" in row and "README.md" in row
+            for t in sc.tests:
+                assert html.escape(t.what) in row  # every declared test is listed with its outcome
             if (REPO_ROOT / "results" / sc.study).is_dir():  # a study with results links to its section
                 assert f'href="#study-{sc.study}"' in row and f'id="study-{sc.study}"' in page
-    assert 'id="claim-C1-nbs"' in claims and ">partly<" in claims
+    assert 'id="claim-C1-nbs"' in claims and "Verdicts are computed" in page
 
 
 def test_every_table_sits_in_a_scrolling_box(tmp_path):
@@ -60,32 +66,35 @@ def _study(tmp_path, claim_yaml: str) -> Path:
     return exp
 
 
-GOOD = 'claim: C2\nsource: "s"\nours: "o"\nverdict: not run\nevidence: results/toy/t.csv\n'
+GOOD = (
+    'claim: C2\nsource: "s"\nours: "o"\nresults: results/toy\ntests:\n'
+    "  - {id: T1, what: w, table: t.csv, metric: a, a: {where: {}}, b: {value: 0}, direction: greater}\n"
+)
 
 
 def test_claim_files_are_read_and_claims_without_study_listed(tmp_path):
     exp = _study(tmp_path, GOOD)
     rows = claim_rows(exp)
     assert [(c.id, [s.study for s in scs]) for c, scs in rows] == [("C1", []), ("C2", ["toy"])]
+    assert rows[1][1][0].verdict == "exploratory"  # t.csv holds one value: a one-seed row carries no verdict
     page = build_report(tmp_path / "results", tmp_path / "results" / "report.html", exp).read_text()
     assert re.search(r'<tr id="claim-C1">.*no study yet.*?</tr>', page)
-    assert 'href="toy/t.csv"' in page and 'href="../experiments/toy/README.md"' in page
-    (exp / "toy" / "claim.yaml").write_text(GOOD.replace("evidence: results/toy/t.csv\n", ""))  # not run yet
-    assert claim_rows(exp)[1][1][0].evidence == ""
+    assert 'href="../experiments/toy/README.md"' in page and 'href="../experiments/toy/claim.yaml"' in page
 
 
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        (GOOD.replace("not run", "maybe"), "verdict"),
         (GOOD.replace("C2", "C9"), "claim"),
         (GOOD.replace('ours: "o"\n', ""), "ours"),
         (GOOD + "extra: 1\n", "extra"),
-        (GOOD.replace("not run", "partly").replace("evidence: results/toy/t.csv\n", ""), "evidence"),
+        (GOOD + "verdict: reproduced\n", "verdict"),  # a typed verdict is refused: verdicts are computed
+        (GOOD.replace("results: results/toy\n", ""), "results"),
+        (GOOD.replace("direction: greater", "direction: up"), "direction"),
     ],
 )
 def test_bad_claim_file_names_the_file_and_field(tmp_path, text, field):
-    with pytest.raises(ClaimFileError, match=rf"toy/claim.yaml: field '{field}'"):
+    with pytest.raises(ValueError, match=rf"toy/claim.yaml.*field '{field}'"):
         claim_rows(_study(tmp_path, text))
 
 

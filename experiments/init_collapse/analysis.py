@@ -113,6 +113,10 @@ def mlp_study(cfg, out: Path) -> list[Path]:
                 )
                 written += save_figure(plot_channel_distributions(shown, title=title), out, f"init_collapse_mlp_{name}")
     df = pd.DataFrame(rows)
+    per_seed = (
+        out / "init_collapse_mlp_per_seed.csv"
+    )  # what the claim tests read (experiments/init_collapse/claim.yaml)
+    written.append(atomic_write_text(per_seed, df.to_csv(index=False)))
     written += _fraction_table(
         df,
         "depth",

@@ -77,9 +77,18 @@ def cmd_health(args) -> None:
 
 def cmd_report(args) -> None:
     from bnlab.results.analysis import EXPERIMENTS_DIR
+    from bnlab.results.claims import claim_rows, update_readme, verdict_text
     from bnlab.results.report import build_report
 
     experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
+    for claim, studies in claim_rows(experiments):
+        print(f"{claim.id}: {claim.text}")
+        for sc in studies:
+            print("  " + verdict_text(sc).replace("\n", "\n  "))
+            if update_readme(sc, experiments / sc.study / "README.md"):
+                print(f"  (updated the computed verdict in {experiments / sc.study / 'README.md'})")
+        if not studies:
+            print("  no study yet")
     print(build_report(Path(args.results), Path(args.output), experiments))
 
 

@@ -1,27 +1,35 @@
-"""The claims C1-C8 and each study's verdict on one, read from small YAML files (the report's first table).
+"""The claims C1-C8 and each study's tests of one, read from small YAML files; verdicts are computed, never typed.
 
 `experiments/claims.yaml` lists the claims (id -> one-line claim and its source). Each study that tests one
-writes `experiments/<study>/claim.yaml`: the claim id, the source's result and ours in one line each, a verdict
-and the committed results file that supports "ours". A claim no study names is reported as "no study yet".
+writes `experiments/<study>/claim.yaml`: the claim id, the source's result and our setting in one line each, the
+committed results folder its tests read, and the tests themselves, declared before the runs
+(bnlab.results.claim_tests). The verdict is computed from those tests on the committed tables.
+A claim no study names is reported as "no study yet".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
+from bnlab.results.claim_tests import TestResult, TestSpec, parse_tests, run_test, verdict
+
 NO_STUDY = "no study yet"
-CLAIM_FIELDS = ("claim", "source", "ours", "verdict", "evidence")
+ONE_LINE_FIELDS = ("claim", "source", "ours", "results")
+CLAIM_FIELDS = (*ONE_LINE_FIELDS, "tests")
 
 
 class ClaimFileError(ValueError):
     """A claim file with a missing or bad field: names the file and the field."""
 
-    def __init__(self, path: Path, field: str, problem: str):
-        super().__init__(f"{path}: field '{field}': {problem}")
+    def __init__(self, path, field_name: str, problem: str):
+        super().__init__(str(path), field_name, problem)  # every argument in args: the error pickles
+
+    def __str__(self) -> str:
+        path, field_name, problem = self.args
+        return f"{path}: field '{field_name}': {problem}"
 
 
 @dataclass(frozen=True)
@@ -36,9 +44,14 @@ class StudyClaim:
     study: str
     claim: str  # a Claim id
     source: str  # the source's result, one line
-    ours: str  # our result, one line
-    verdict: str  # one of VERDICTS
-    evidence: str  # path of the supporting results file, relative to the repository root ("" when not run)
+    ours: str  # our setting (model, data, steps, seeds), one line: the numbers come from the tests
+    results: str  # the committed results folder the tests read, relative to the repository root
+    tests: tuple[TestSpec, ...] = ()
+    outcomes: tuple[TestResult, ...] = field(default=(), compare=False)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(list(self.outcomes))
 
 
 def _load_mapping(path: Path) -> dict:
@@ -59,37 +72,75 @@ def load_claims(experiments_dir: Path) -> list[Claim]:
     return claims
 
 
-def load_study_claim(path: Path, claim_ids: set[str]) -> StudyClaim:
-    """One study's claim.yaml, checked: every field present and one line, a known claim id and verdict."""
+def load_study_claim(path: Path, claim_ids: set[str], root: Path | None = None) -> StudyClaim:
+    """One study's claim.yaml, checked, with its tests computed on the results folder (relative to `root`, the
+    repository root by default: the parent of the experiments folder)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent.parent.parent
     data = _load_mapping(path)
-    not_run = data.get("verdict") == "not run"
-    for field in CLAIM_FIELDS:
-        value = data.get(field)
-        if field == "evidence" and not_run and value in (None, ""):
-            data[field] = ""  # a study not run yet has no results file
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise ClaimFileError(path, field, "missing or empty (a one-line string)")
-        if "\n" in value.strip():
-            raise ClaimFileError(path, field, "must be one line")
     unknown = set(data) - set(CLAIM_FIELDS)
     if unknown:
         raise ClaimFileError(path, sorted(unknown)[0], f"unknown field (allowed: {', '.join(CLAIM_FIELDS)})")
+    for name in ONE_LINE_FIELDS:
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ClaimFileError(path, name, "missing or empty (a one-line string)")
+        if "\n" in value.strip():
+            raise ClaimFileError(path, name, "must be one line")
     if data["claim"] not in claim_ids:
         raise ClaimFileError(path, "claim", f"{data['claim']!r} is not in claims.yaml ({', '.join(sorted(claim_ids))})")
-    if data["verdict"] not in VERDICTS:
-        raise ClaimFileError(path, "verdict", f"{data['verdict']!r} is not one of {', '.join(VERDICTS)}")
-    fields = {k: data[k].strip() for k in CLAIM_FIELDS}
-    return StudyClaim(study=path.parent.name, **fields)
+    specs = tuple(parse_tests(data.get("tests"), str(path)))
+    results_dir = root / data["results"].strip()
+    outcomes = tuple(run_test(s, results_dir) for s in specs)
+    return StudyClaim(
+        study=path.parent.name,
+        **{k: data[k].strip() for k in ONE_LINE_FIELDS},
+        tests=specs,
+        outcomes=outcomes,
+    )
 
 
-def claim_rows(experiments_dir: Path) -> list[tuple[Claim, list[StudyClaim]]]:
+def claim_rows(experiments_dir: Path, root: Path | None = None) -> list[tuple[Claim, list[StudyClaim]]]:
     """Every claim with the studies that test it (sorted by study name); an empty list = no study yet."""
     experiments_dir = Path(experiments_dir)
     claims = load_claims(experiments_dir)
     ids = {c.id for c in claims}
     by_claim: dict[str, list[StudyClaim]] = {c.id: [] for c in claims}
     for path in sorted(experiments_dir.glob("*/claim.yaml")):
-        sc = load_study_claim(path, ids)
+        sc = load_study_claim(path, ids, root if root is not None else experiments_dir.resolve().parent)
         by_claim[sc.claim].append(sc)
     return [(c, by_claim[c.id]) for c in claims]
+
+
+def verdict_text(sc: StudyClaim) -> str:
+    """A study's computed verdict and every test's line, as `bnlab report` prints it and READMEs show it."""
+    lines = [f"{sc.study} ({sc.claim}): {sc.verdict}"]
+    lines += [f"  {r.line()}" for r in sc.outcomes]
+    return "\n".join(lines)
+
+
+README_START = "<!-- verdict: computed by `bnlab report` from claim.yaml's tests; do not edit by hand -->"
+README_END = "<!-- /verdict -->"
+
+
+def readme_block(sc: StudyClaim) -> str:
+    """The computed verdict as a README section (a fenced block: the numbers as `bnlab report` prints them)."""
+    return f"{README_START}\n**Computed verdict: {sc.verdict}**\n\n```\n{verdict_text(sc)}\n```\n{README_END}"
+
+
+def update_readme(sc: StudyClaim, readme: Path) -> bool:
+    """Replace the README's verdict block with the computed one (appended when absent); True when it changed."""
+    readme = Path(readme)
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    block = readme_block(sc)
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        new = head + block + rest.split(README_END, 1)[1]
+    else:
+        new = text.rstrip("\n") + "\n\n## Computed verdict\n\n" + block + "\n"
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True

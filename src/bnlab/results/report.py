@@ -1,5 +1,6 @@
-"""One self-contained HTML page: the claims table first (one row per claim C1-C8, from the studies' claim.yaml
-files), then every study's tables (from their CSVs) and figures (PNG embedded inline)."""
+"""One self-contained HTML page: the claims table first (one row per claim and study, with the declared tests and
+the verdict computed from the committed results, bnlab.results.claims), then every study's tables (from their
+CSVs) and figures (PNG embedded inline)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px sol
 vertical-align:top}th{background:#f3f3f3;text-align:left}.wide{overflow-x:auto;max-width:100%;margin:0 0 1.5em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
 .claims td{min-width:6em}.claims td.text{min-width:16em}
-.v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}.v-not-reproduced{background:#f9e0de}
-.v-not-run,.v-no-study-yet{background:#eee;color:#555}"""
+.v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}
+.v-inconclusive,.v-exploratory{background:#eef2f8}.v-contradicted{background:#f9e0de}
+.v-not-run,.v-no-study-yet{background:#eee;color:#555}ul.tests{margin:0;padding-left:1.2em}
+.o-supported{color:#1d6b1d}.o-contradicted{color:#a11}.o-too-few-seeds,.o-not-run{color:#666}"""
 
 
 def _anchor(study: str) -> str:
@@ -42,41 +45,54 @@ def _study(folder: Path, results_root: Path) -> str:
     return folder.relative_to(results_root).parts[0] if folder != results_root else ""
 
 
+def _tests_cell(sc) -> str:
+    """One line per declared test: what it checks, the estimate with its CI and p, and the outcome."""
+    items = []
+    for r in sc.outcomes:
+        css = "o-" + r.outcome.replace(" ", "-")
+        items.append(f'<li class="{css}">{html.escape(r.line())}</li>')
+    return f'<ul class="tests">{"".join(items)}</ul>'
+
+
 def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_shown: set[str]) -> str:
-    """The report's opening table from `claim_rows`: per claim, each study's source result, ours, verdict, links."""
-    root = Path(experiments_dir).resolve().parent  # claim.yaml paths are relative to the repository root
-    head = ["claim", "source result", "ours", "verdict", "study: section, README, evidence"]
+    """The report's opening table from `claim_rows`: per claim, each study's source result, our setting, the
+    declared tests with their computed outcomes, the computed verdict, and links."""
+    root = Path(experiments_dir).resolve().parent  # results folders are relative to the repository root
+    head = ["claim", "source result", "our setting", "declared tests (a - b, 95% CI, p)", "verdict", "study"]
     rows = []
     for claim, studies in claims:
         cid = html.escape(claim.id)
         label = f"<b>{cid}</b> {html.escape(claim.text)}<br><small>{html.escape(claim.source)}</small>"
         if not studies:
             rows.append(
-                f'<tr id="claim-{cid}"><td class="text">{label}</td><td></td><td></td>'
+                f'<tr id="claim-{cid}"><td class="text">{label}</td><td></td><td></td><td></td>'
                 f'<td class="v-no-study-yet">{NO_STUDY}</td><td></td></tr>'
             )
             continue
         for i, sc in enumerate(studies):
-            links = [f'<a href="{_href(root / "experiments" / sc.study / "README.md", page_dir)}">README</a>']
+            links = [
+                f'<a href="{_href(root / "experiments" / sc.study / "README.md", page_dir)}">README</a>',
+                f'<a href="{_href(root / "experiments" / sc.study / "claim.yaml", page_dir)}">claim.yaml</a>',
+            ]
             if sc.study in studies_shown:
                 links.insert(0, f'<a href="#{_anchor(sc.study)}">results</a>')
-            evidence = Path(sc.evidence)
-            if not sc.evidence:
-                pass  # not run: nothing to link
-            elif (root / evidence).is_file():
-                href = _href(root / evidence, page_dir)
-                links.append(f'<a href="{href}" title="{html.escape(sc.evidence)}">{html.escape(evidence.name)}</a>')
-            else:
-                links.append(f"{html.escape(sc.evidence)} <b>(missing)</b>")
             first = f'<td class="text" rowspan="{len(studies)}">{label}</td>' if i == 0 else ""
             verdict_class = "v-" + sc.verdict.replace(" ", "-")
             rows.append(
                 f'<tr id="claim-{cid}-{html.escape(sc.study)}">{first}<td class="text">{html.escape(sc.source)}</td>'
-                f'<td class="text">{html.escape(sc.ours)}</td><td class="{verdict_class}">{sc.verdict}</td>'
+                f'<td class="text">{html.escape(sc.ours)}</td><td class="text">{_tests_cell(sc)}</td>'
+                f'<td class="{verdict_class}">{sc.verdict}</td>'
                 f"<td><b>{html.escape(sc.study)}</b><br>{'<br>'.join(links)}</td></tr>"
             )
     header = "".join(f"<th>{h}</th>" for h in head)
-    return _wide(f'<table class="claims"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    rule = (
+        "<p><small>Verdicts are computed (bnlab.results.claim_tests): reproduced = every declared test supported; "
+        "partly = some; inconclusive = no CI excludes 0; contradicted = significant against the claim; "
+        "exploratory = an arm has fewer than 5 seeds (no verdict); not run = a test has no committed data. "
+        "CIs are 95% from the t distribution over seeds.</small></p>"
+    )
+    table = f'<table class="claims"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return rule + _wide(table)
 
 
 def _cell_text(text):
