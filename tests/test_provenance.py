@@ -26,6 +26,15 @@ def test_untracked_source_file_makes_the_tree_dirty(tmp_path, monkeypatch):
     (tmp_path / "runs" / "x.txt").write_text("ignored output")  # ignored: not dirty
     (tmp_path / "notes.txt").write_text("untracked outside the source folders")  # not a source: not dirty
     assert provenance.git_info()["git_dirty"] is False
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("a\n1\n")
+    _git(tmp_path, "add", "results")
+    _git(tmp_path, "commit", "-qm", "results")
+    (tmp_path / "results" / "t.csv").write_text("a\n2\n")  # an analysis rewriting committed results: not an input
+    assert provenance.git_info()["git_dirty"] is False
+    (tmp_path / "conf" / "a.yaml").write_text("a: 2\n")  # an edited config is
+    assert provenance.git_info()["git_dirty"] is True
+    _git(tmp_path, "checkout", "conf/a.yaml")
     (tmp_path / "conf" / "new.yaml").write_text("b: 2\n")  # a new, uncommitted config changes what runs compute
     assert provenance.git_info()["git_dirty"] is True
 

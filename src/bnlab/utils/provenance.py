@@ -24,9 +24,10 @@ def _git(*args: str) -> str | None:
 
 
 def git_info() -> dict:
-    """Commit, and dirty = tracked changes anywhere or untracked files under SOURCE_DIRS (ignored files excluded)."""
+    """Commit, and dirty = changes to tracked files outside results/ (what analyses write) or untracked files under
+    SOURCE_DIRS (ignored files excluded)."""
     commit = _git("rev-parse", "HEAD")
-    tracked = _git("status", "--porcelain", "--untracked-files=no")
+    tracked = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")  # outputs are not inputs
     untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_DIRS)
     if tracked is None or untracked is None:
         return {"git_commit": commit, "git_dirty": None}
