@@ -38,8 +38,23 @@ def test_entry_point_writes_run_directory(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 0
     assert summary["epochs_completed"] == 2 and summary["run_id"] == run_dir.name
-    for key in ["git_commit", "git_dirty", "torch", "cuda", "device", "wall_time", "final"]:
+    for key in [
+        "git_commit",
+        "git_dirty",
+        "torch",
+        "cuda",
+        "device",
+        "wall_time",
+        "final",
+        "cpu_model",
+        "math_libraries",
+    ]:
         assert key in summary, key
+    assert summary["threads"] >= 1  # what a bitwise rerun needs besides the commit: CPU model, threads, math libraries
+    from bnlab.results.collect import collect
+
+    runs, _ = collect(run_dir.parent)
+    assert {"cpu_model", "threads", "math_libraries"} <= set(runs.columns)  # and runs.csv carries them
     assert summary["final"]["val_err_running"] == metrics.val_err_running.iloc[-1]
     assert (run_dir / "checkpoint.pt").stat().st_size > 10_000
 
