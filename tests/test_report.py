@@ -121,3 +121,13 @@ def test_report_cells_keep_the_tables_text():
 
     assert _cell_text("90.0") == "90.0" and _cell_text("0.925") == "0.925"  # not re-parsed into 90 / 9.25e-01
     assert _cell_text("0.039491234567") == "0.03949" and _cell_text("ResNet-50 / ImageNet") == "ResNet-50 / ImageNet"
+
+
+def test_exploratory_studies_are_labelled_above_their_tables(tmp_path):
+    page = build_report(REPO_ROOT / "results", tmp_path / "report.html", EXPERIMENTS).read_text()
+    for _, studies in claim_rows(EXPERIMENTS):
+        for sc in studies:
+            if f'id="study-{sc.study}"' not in page:
+                continue
+            section = page.split(f'id="study-{sc.study}"', 1)[1].split("<h2", 1)[0]
+            assert ("carry no verdict" in section) == (sc.verdict in ("exploratory", "not run")), sc.study

@@ -215,7 +215,12 @@ def _spectrum_figure(spectra, order, out) -> list:
             p = g.dropna(subset=["projected_eigenvalue"])
             ax_p.plot(p["index"], p["projected_eigenvalue"].clip(lower=1e-6), ls="--", **kw)
     ax.set_yscale("log")
-    ax.set(xlabel="eigenvalue index", ylabel="Hessian eigenvalue", title="leading Hessian eigenvalues (Lanczos)")
+    n = spectra.groupby("net")["seed"].nunique().min()
+    ax.set(
+        xlabel="eigenvalue index",
+        ylabel="Hessian eigenvalue",
+        title=f"leading Hessian eigenvalues (Lanczos), n = {n} seed{'s' if n > 1 else ''} per net",
+    )
     ax.legend()
     ax_p.set_yscale("log")
     ax_p.set(
@@ -236,6 +241,7 @@ def _overlap_figure(spectra, order, out) -> list:
         ax.bar(idx, means["frac_moments"], color="C1", alpha=0.5, label="means + variances + skews (29 dims)")
         ax.bar(idx, means["frac_means"], color="C0", width=0.5, label="means (9 dims)")
         ax.set_ylim(0, 1.02)
-        ax.set(xlabel="eigenvector v_i", ylabel="fraction of |v_i|^2 in span", title=LABELS[net])
+        n = s["seed"].nunique()
+        ax.set(xlabel="eigenvector v_i", ylabel="fraction of |v_i|^2 in span", title=f"{LABELS[net]} (mean of n = {n})")
     axes[0][0].legend(fontsize=7, loc="upper right")
     return save_figure(fig, out, "hessian_eigenvector_overlaps")

@@ -131,7 +131,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     written = write_table(table, out, "lr_stress_table", caption)
     written += write_table(per_run.round(5), out, "lr_stress_per_run", "Stable lr range per run (seed).")
 
-    fig, axes = new_figure(ncols=3, width=13.0, height=3.4)
+    n_seeds = int(per_run.groupby("arm")["seed"].nunique().min())
+    fig, axes = new_figure(ncols=3, width=13.0, height=3.6)
     ax_lr, ax_acc, ax_loss = axes[0]
     colors = {arm: f"C{i}" for i, arm in enumerate(arms)}
     for arm in arms:
@@ -142,8 +143,9 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             label = LABELS.get(arm, arm) if i == 0 else None
             ax_acc.plot(g["lr"], g["train_acc"] * 100, color=colors[arm], alpha=0.8, label=label)
             ax_loss.plot(g["lr"], g["train_loss"], color=colors[arm], alpha=0.8, label=label)
-            if g["diverged"].iloc[0]:
-                ax_acc.plot(g["lr"].iloc[-1], g["train_acc"].iloc[-1] * 100, "x", color=colors[arm], ms=7)
+            if g["diverged"].iloc[0]:  # at the lr of the epoch in which the loss became NaN, not the last finite one
+                ax_acc.plot(g["nan_lr"].iloc[0], chance * 100, "x", color=colors[arm], ms=7, mew=1.5)
+                ax_loss.axvline(g["nan_lr"].iloc[0], color=colors[arm], lw=0.8, ls="--", alpha=0.6)
         p = per_run[per_run["arm"] == arm]
         lo, hi = np.exp(np.log(p["lr_low"]).mean()), np.exp(np.log(p["lr_high"]).mean())
         ax_acc.axvspan(lo, hi, color=colors[arm], alpha=0.08)
@@ -152,11 +154,13 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax_acc.set_xscale("log")
     ax_acc.axhline(chance * 100, color="grey", lw=0.8, ls=":")
     ax_acc.set(
-        xlabel="learning rate", ylabel="training accuracy (%)", title="training accuracy (band: stable range; x: NaN)"
+        xlabel="learning rate",
+        ylabel="training accuracy (%)",
+        title=f"training accuracy, n = {n_seeds} seeds per arm\n(band: stable range; x on the chance line: loss NaN)",
     )
     ax_loss.set_xscale("log")
     ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="learning rate", ylabel="training loss", title="training loss")
+    ax_loss.set(xlabel="learning rate", ylabel="training loss", title="training loss (dashed: the lr of a NaN)")
     for ax in (ax_lr, ax_acc, ax_loss):
         ax.legend()
     written += save_figure(fig, out, "lr_stress_accuracy_vs_lr")

@@ -105,9 +105,14 @@ def _cell_text(text):
         return text
 
 
-def _section(folder: Path, title: str, anchor: str | None) -> str:
+def _section(folder: Path, title: str, anchor: str | None, verdict: str | None = None) -> str:
     id_attr = f' id="{anchor}"' if anchor else ""
     parts = [f"<h2{id_attr}>{html.escape(title)}</h2>"]
+    if verdict in ("exploratory", "not run"):  # the study's tables carry no verdict: say so above them
+        parts.append(
+            f'<p class="v-{verdict.replace(" ", "-")}"><b>{verdict}:</b> a declared test of this study has fewer than '
+            "5 seeds per arm or no committed data; its tables and figures are exploratory and carry no verdict.</p>"
+        )
     for csv in sorted(folder.glob("*.csv")):
         if csv.stem in SKIP_TABLES or not csv.with_suffix(".md").exists():
             continue
@@ -138,15 +143,19 @@ def build_report(results_root: Path, output: Path, experiments_dir: Path | None 
         | {p.parent for p in results_root.rglob("*.md") if p.name != "README.md"},
         key=lambda f: (order.index(_study(f, results_root)) if _study(f, results_root) in order else len(order), f),
     )
+    verdicts = {sc.study: sc.verdict for _, studies in rows for sc in studies}
     sections, anchored = [], set()
     for f in folders:
         study = _study(f, results_root)
         anchor = None if study in anchored else _anchor(study)
         anchored.add(study)
-        sections.append(_section(f, f.relative_to(results_root).as_posix(), anchor))
+        verdict = verdicts.get(study) if anchor else None
+        sections.append(_section(f, f.relative_to(results_root).as_posix(), anchor, verdict))
     claims = ""
     if rows:
         claims = "<h2>Claims</h2>" + claims_table(rows, Path(experiments_dir), output.parent.resolve(), anchored)
+    if not folders:
+        print(f"[bnlab] warning: {results_root} holds no tables or figures; the report shows the claims only")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>bnlab results</title><style>{CSS}</style>"
         f"</head><body><h1>bnlab results</h1>{claims}{''.join(sections) or '<p>No results yet.</p>'}</body></html>"
