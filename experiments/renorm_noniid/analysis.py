@@ -15,7 +15,7 @@ ARMS = {
     "group_pairs": "GroupNorm (16 x 2 batches)",
     "group_iid": "GroupNorm, i.i.d. batches",
 }
-# Ioffe 2017, sec. 4.4 (Inception v3, ImageNet): test top-1 %, with train accuracy where reported
+# Ioffe 2017, sec. 4.3 (Inception v3, ImageNet): test top-1 %, with train accuracy where reported
 SOURCE = {
     "bn": "67 (train 72.8); in training mode on 25 x 2 test batches: 76.5",
     "split_halves": "77.4 (140k)",
@@ -54,7 +54,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         out,
         "renorm_noniid_table",
         "Accuracy (%), mean ± std over seeds, at the end of training; batches of 16 label draws x 2 images "
-        "(glyphs, 500 classes). Paper: Inception v3 / ImageNet (Ioffe 2017, sec. 4.4).",
+        "(glyphs, 500 classes). Paper: Inception v3 / ImageNet (Ioffe 2017, sec. 4.3).",
     )
     curves = epochs.join(done.set_index("run_id")["arm"], on="run_id", how="inner")
     curves, present = _accuracies(curves)

@@ -3,7 +3,7 @@
 A class is one Unicode code point; its images are the glyph in the 12 DejaVu styles (Sans / Serif / Sans Mono,
 each regular, bold, oblique and bold oblique) with a small seeded affine jitter (scale, rotation, shear, shift)
 and stroke/intensity variation, 1 x 28 x 28 uint8 like Fashion-MNIST. It exists for claim C3 (Ioffe 2017,
-sec. 4.4): 16 label draws out of 10 classes repeat labels, out of hundreds they almost never do, as in the
+sec. 4.3): 16 label draws out of 10 classes repeat labels, out of hundreds they almost never do, as in the
 paper's 1000 ImageNet classes.
 
 Determinism: outlines are read with fontTools and rasterized here (scanline, non-zero winding, 4 x 4

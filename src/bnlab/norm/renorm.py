@@ -106,7 +106,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         r_max_full_at, d_max_full_at: steps at which the linear ramps reach r_max and d_max. Setting
             warmup_steps, r_max_full_at and d_max_full_at to 0 gives constant limits.
         nbs, ghost_layout: as bnlab BatchNorm2d's Ghost BN (each group gets its own r, d; the running statistics
-            move toward the group average), e.g. the paper's micro-batches of 4 (sec. 4.3). No Sync BN.
+            move toward the group average), e.g. the paper's micro-batches of 4 (sec. 4.2). No Sync BN.
 
     The step is `num_batches_tracked` before this step's increment (0 on the first training batch). The paper
     keeps sigma; it is stored as ``running_var = sigma^2 - eps`` so that eval mode is nn.BatchNorm2d's own

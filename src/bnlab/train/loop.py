@@ -81,7 +81,7 @@ def _evaluate_epoch(cfg, job: Built, monitor, row: dict, epoch: int) -> None:
         if data.target_val is not None:  # the shifted target domain (data/domains.py)
             for k, v in evaluate(job.model, data.target_val, job.loss_fn, eval_mode, data.train, samples).items():
                 row[f"target_{k}_{suffix}"] = v
-    if data.train_eval is not None:  # Ioffe 2017 sec. 4.4's train accuracy: eval mode, training images
+    if data.train_eval is not None:  # Ioffe 2017 sec. 4.3's train accuracy: eval mode, training images
         for k, v in evaluate(job.model, data.train_eval, job.loss_fn, "running").items():
             row[f"train_{k}_running"] = v
     if monitor is not None:  # on training batches: their statistics are what the EMA tracks
