@@ -25,7 +25,7 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep collect figures report status need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep pilot collect figures report status need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -100,6 +100,12 @@ need-exp:
 
 sweep: install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
+
+# a pilot tunes a setting (lr, schedule, thresholds) before a study's runs: scored on a split held out from the
+# training images (data.val_source=holdout), never on the test split, and kept apart from the study's runs
+pilot: install data need-exp  ## tuning runs of a study on the held-out split: EXP=<study> ARGS="optim.lr=0.1,0.2"
+	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) data.val_source=holdout \
+		out_dir=runs/pilots $(launcher_$(LAUNCHER)) $(ARGS)
 
 collect: install need-exp  ## run directories -> results/<study>/<scale>/runs.csv, epochs.csv (+ parquet)
 	$(BIN)/bnlab collect $(EXP) --preset $(SCALE)
