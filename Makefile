@@ -25,13 +25,13 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep collect figures report status need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep collect figures report status sync need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 	@echo
 	@echo "variables (make <target> VAR=value):"
-	@echo "  EXP=<study>       sweep/collect/figures/status: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
+	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
 	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
 	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: one after another (basic, default),"
 	@echo "                    JOBS=$(JOBS) in parallel (joblib), or as submitit jobs (local processes, SLURM)"
@@ -119,6 +119,9 @@ figures: install need-exp  ## collected runs -> the study's tables (md, tex, csv
 
 status: install need-exp  ## completed / diverged / failed / interrupted runs of a study
 	$(BIN)/bnlab status $(EXP)
+
+sync: install need-exp  ## (re)build every run's W&B run of a study from its metrics.csv (WANDB_MODE=online uploads)
+	$(BIN)/bnlab sync $(EXP)
 
 report: install  ## one self-contained HTML page with every committed table and figure -> results/report.html
 	$(BIN)/bnlab report

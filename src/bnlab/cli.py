@@ -1,6 +1,6 @@
 """bnlab: everything after training, from run directories to tables, figures, a report and BN health.
 
-collect, figures, status (per study), health (one run's checkpoint), report (every committed study).
+collect, figures, status, sync (per study), health (one run's checkpoint), report (every committed study).
 """
 
 from __future__ import annotations
@@ -87,6 +87,21 @@ def cmd_status(args) -> None:
     print(status_report(Path(args.runs) / args.study))
 
 
+def cmd_sync(args) -> None:
+    from bnlab.results.collect import run_dirs
+    from bnlab.train.run_dir import RunDir
+    from bnlab.train.wandb_logger import sync_run
+
+    study_dir = Path(args.runs) / args.study
+    dirs = run_dirs(study_dir)
+    if not dirs:
+        sys.exit(f"error: no run directories under {study_dir}")
+    for d in dirs:
+        with RunDir(d).locked() as owned:  # a run training now writes its own W&B run: leave it alone
+            print(sync_run(d) if owned else f"{d}: being trained now, skipped (its attempt logs to W&B itself)")
+    print(f"[bnlab] offline runs: upload with `wandb sync {study_dir}/*/wandb/offline-run-*`")
+
+
 def cmd_health(args) -> None:
     from bnlab.diagnostics.report import health_report
 
@@ -110,12 +125,13 @@ def main(argv: list[str] | None = None) -> None:
         ("collect", cmd_collect, "run directories -> runs/epochs tables"),
         ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
         ("status", cmd_status, "completed / diverged / failed / interrupted runs"),
+        ("sync", cmd_sync, "(re)build every run's W&B run from its metrics.csv and summary.json"),
     ]:
         s = sub.add_parser(name, help=helptext, description=helptext)
         s.add_argument("study", help=f"a study: {', '.join(studies())} (or any <runs>/<study> folder, e.g. nbs_demo)")
         s.add_argument("--runs", default="runs", help="root of run directories (config out_dir; relative to here)")
         s.add_argument("--preset", default="cpu", help="which scale preset's runs: cpu | gpu | none | all")
-        if name != "status":
+        if name in ("collect", "figures"):
             where = s.add_mutually_exclusive_group()
             where.add_argument(
                 "--out",
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
     args = p.parse_args(argv)
-    if args.command in ("collect", "figures", "status"):
+    if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)
         if study != args.study:
             print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")
