@@ -84,6 +84,7 @@ def test_two_sweeps_with_different_lr_are_not_pooled(tiny_study, tmp_path, monke
     collected = pd.read_csv(scratch / "runs.csv")
     assert sorted(collected["run_id"]) == sorted(r["run_id"] for r in grid_runs)
     assert "left out 1 run outside study tiny's sweep grid" in said and "--all" in said
+    assert "of the 2 runs of the grid" not in said  # both grid runs are here
     for r in other_runs:
         assert r["run_dir"] in said
     assert "optim.lr=0.05 (grid: 0.1)" in said  # names the key that differs, and the grid's value

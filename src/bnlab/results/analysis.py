@@ -64,7 +64,8 @@ def analyze(study: str, results_dir: str | Path, preset: str = "cpu") -> list[Pa
     written = []
     for variant, where, part in variants(runs, out):  # runs outside the grid (collect --all): never pooled
         if variant:
-            print(f"[bnlab] variant {variant}: {len(part)} runs outside the study's grid, analysed alone -> {where}")
+            n = f"{len(part)} run" + ("s" if len(part) != 1 else "")
+            print(f"[bnlab] variant {variant}: {n} outside the study's grid, analysed alone -> {where}")
         written += fn(part.reset_index(drop=True), epochs[epochs["run_id"].isin(part["run_id"])], where)
     return written
 

@@ -86,6 +86,9 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
 
 
 def _same(a, b) -> bool:
+    """Does metrics.csv's cell `a` hold summary.json's value `b` (CSV round trip: floats exact, None -> NaN)?"""
+    if b is None or b == "":
+        return a is None or a == "" or (isinstance(a, float) and math.isnan(a))
     if isinstance(b, bool) or not isinstance(b, int | float):
         return str(a) == str(b)
     try:
@@ -233,6 +236,8 @@ def collect_study(
                 inside.append(False)
                 runs.loc[i, "variant"], why[i] = variant_label(diff), _describe(diff)
         inside = pd.Series(inside, index=runs.index)
+        if preset != "all" and int(inside.sum()) < grid.size:
+            out.notes.append(f"{int(inside.sum())} of the {grid.size} runs of the grid are here (preset {preset})")
         if (~inside).any():
             listed = [f"  {runs.loc[i, 'run_dir']}: {why[i]}" for i in runs.index[~inside]]
             if include_all:

@@ -151,6 +151,11 @@ class StudyGrid:
         return grid
 
     @property
+    def size(self) -> int:
+        """Distinct runs the grid defines."""
+        return len(self._index)
+
+    @property
     def swept_keys(self) -> list[str]:
         """Config keys whose value differs between grid points (seed, the arms, the scale when several)."""
         keys = set().union(*(ident for _, _, ident in self.points))
