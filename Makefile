@@ -25,17 +25,19 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep pilot collect figures report status need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep pilot collect figures report status sync need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 	@echo
 	@echo "variables (make <target> VAR=value):"
-	@echo "  EXP=<study>       sweep/collect/figures/status: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
+	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
 	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
 	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: one after another (basic, default),"
 	@echo "                    JOBS=$(JOBS) in parallel (joblib), or as submitit jobs (local processes, SLURM)"
 	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
+	@echo "  COMMIT=1          collect/figures: write the committed results/<study>/<scale>/ (default: runs/<study>/_collected/)"
+	@echo "  ALL=1             collect: also runs outside the study's sweep grid, as separate variants"
 	@echo "  ARGS=\"...\"        extra Hydra overrides (train, sweep, demo) or pytest arguments (test), e.g."
 	@echo "                    make train ARGS=\"norm=ghost norm.nbs=16\"   make sweep EXP=nbs ARGS=\"seed=0\""
 
@@ -107,14 +109,25 @@ pilot: install data need-exp  ## tuning runs of a study on the held-out split: E
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) data.val_source=holdout \
 		out_dir=runs/pilots $(launcher_$(LAUNCHER)) $(ARGS)
 
-collect: install need-exp  ## run directories -> results/<study>/<scale>/runs.csv, epochs.csv (+ parquet)
-	$(BIN)/bnlab collect $(EXP) --preset $(SCALE)
+# collect/figures write beside the runs (runs/<study>/_collected/<scale>/); COMMIT=1 refreshes the committed
+# results/<study>/<scale>/ instead, ALL=1 also collects runs outside the study's grid (as separate variants)
+COMMIT ?= 0
+ALL    ?= 0
+results_where_0 :=
+results_where_1 := --commit
+collect_all_1   := --all
 
-figures: install need-exp  ## collected results -> the study's tables (md, tex, csv) and figures (png, pdf)
-	$(BIN)/bnlab figures $(EXP) --preset $(SCALE)
+collect: install need-exp  ## the study's grid runs -> runs/<study>/_collected/<scale>/runs.csv, epochs.csv (COMMIT=1: results/)
+	$(BIN)/bnlab collect $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(collect_all_$(ALL))
+
+figures: install need-exp  ## collected runs -> the study's tables (md, tex, csv) and figures (png, pdf), same folder
+	$(BIN)/bnlab figures $(EXP) --preset $(SCALE) $(results_where_$(COMMIT))
 
 status: install need-exp  ## completed / diverged / failed / interrupted runs of a study
 	$(BIN)/bnlab status $(EXP)
+
+sync: install need-exp  ## (re)build every run's W&B run of a study from its metrics.csv (WANDB_MODE=online uploads)
+	$(BIN)/bnlab sync $(EXP)
 
 report: install  ## one self-contained HTML page with every committed table and figure -> results/report.html
 	$(BIN)/bnlab report

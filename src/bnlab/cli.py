@@ -1,6 +1,6 @@
 """bnlab: everything after training, from run directories to tables, figures, a report and BN health.
 
-collect, figures, status (per study), health (one run's checkpoint), report (every committed study).
+collect, figures, status, sync (per study), health (one run's checkpoint), report (every committed study).
 """
 
 from __future__ import annotations
@@ -23,50 +23,83 @@ def studies() -> list[str]:
 
 
 def joined_study(name: str) -> str:
-    """The study whose runs an experiment writes: its `study` key, or that of the experiment it builds on (nbs_sync
-    lists nbs in its defaults and joins study nbs). Any other name (a folder like nbs_demo) is itself."""
-    from omegaconf import OmegaConf
+    """The study whose runs an experiment writes (nbs_sync joins nbs); any other name is itself (results/grid.py)."""
+    from bnlab.results.grid import joined_study as joined
 
-    path = REPO_ROOT / "conf" / "experiment" / f"{name}.yaml"
-    if not path.exists():
-        return name
-    cfg = OmegaConf.load(path)
-    if "study" in cfg:
-        return str(cfg.study)
-    bases = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-    return joined_study(bases[0]) if bases else name
+    return joined(name)
+
+
+def committed_results(study: str, preset: str) -> Path:
+    """The committed results of a study: results/<study>/<preset> of this repository (what `bnlab report` shows)."""
+    return REPO_ROOT / "results" / study / preset
+
+
+def scratch_results(runs: str | Path, study: str, preset: str) -> Path:
+    """Where collect/figures write unless asked otherwise: beside the runs, <runs>/<study>/_collected/<preset>."""
+    return Path(runs) / study / "_collected" / preset
 
 
 def _results_dir(args) -> Path:
-    return Path(args.out) if args.out else REPO_ROOT / "results" / args.study / args.preset
+    """--out (relative to the current directory, like --runs), --commit (the repository's committed results), or
+    by default the scratch folder beside the runs: a new sweep never overwrites committed tables by itself."""
+    if args.out:
+        return Path(args.out)
+    if args.commit:
+        return committed_results(args.study, args.preset)
+    return scratch_results(args.runs, args.study, args.preset)
+
+
+def _where(out: Path, args) -> str:
+    if args.commit:
+        return f"{out} (the committed results: review with `git diff results/`)"
+    if args.out:
+        return str(out)
+    return f"{out} (scratch; --commit writes {committed_results(args.study, args.preset)}, the committed results)"
 
 
 def cmd_collect(args) -> None:
-    from bnlab.results.collect import collect, save
+    from bnlab.results.collect import collect_study, save
 
-    runs, epochs = collect(Path(args.runs) / args.study)
-    if runs.empty:
-        sys.exit(f"error: no run directories under {Path(args.runs) / args.study}")
-    if args.preset != "all" and "preset" in runs:
-        runs = runs[runs["preset"].astype(str) == args.preset]
-        epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    got = collect_study(args.runs, args.study, args.preset, include_all=args.all)
+    for note in got.notes:
+        print(f"[bnlab] {note}" if not note.startswith("  ") else note)
+    if got.runs.empty:
+        where = Path(args.runs) / args.study
+        sys.exit(f"error: no runs of study {args.study} (preset {args.preset}) to collect under {where}")
     out = _results_dir(args)
-    save(runs, epochs, out)
-    counts = runs["status"].value_counts().to_dict()
-    print(f"collected {len(runs)} runs ({counts}) and {len(epochs)} epoch rows -> {out}/runs.csv, epochs.csv")
+    save(got.runs, got.epochs, out)
+    counts = got.runs["status"].value_counts().to_dict()
+    print(f"collected {len(got.runs)} runs ({counts}) and {len(got.epochs)} epoch rows -> {_where(out, args)}")
 
 
 def cmd_figures(args) -> None:
     from bnlab.results.analysis import analyze
 
-    for path in analyze(args.study, _results_dir(args), args.preset):
+    out = _results_dir(args)
+    for path in analyze(args.study, out, args.preset):
         print(path)
+    print(f"[bnlab] tables and figures -> {_where(out, args)}")
 
 
 def cmd_status(args) -> None:
     from bnlab.sweep import status_report
 
     print(status_report(Path(args.runs) / args.study))
+
+
+def cmd_sync(args) -> None:
+    from bnlab.results.collect import run_dirs
+    from bnlab.train.run_dir import RunDir
+    from bnlab.train.wandb_logger import sync_run
+
+    study_dir = Path(args.runs) / args.study
+    dirs = run_dirs(study_dir)
+    if not dirs:
+        sys.exit(f"error: no run directories under {study_dir}")
+    for d in dirs:
+        with RunDir(d).locked() as owned:  # a run training now writes its own W&B run: leave it alone
+            print(sync_run(d) if owned else f"{d}: being trained now, skipped (its attempt logs to W&B itself)")
+    print(f"[bnlab] offline runs: upload with `wandb sync {study_dir}/*/wandb/offline-run-*`")
 
 
 def cmd_health(args) -> None:
@@ -101,12 +134,30 @@ def main(argv: list[str] | None = None) -> None:
         ("collect", cmd_collect, "run directories -> runs/epochs tables"),
         ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
         ("status", cmd_status, "completed / diverged / failed / interrupted runs"),
+        ("sync", cmd_sync, "(re)build every run's W&B run from its metrics.csv and summary.json"),
     ]:
         s = sub.add_parser(name, help=helptext, description=helptext)
         s.add_argument("study", help=f"a study: {', '.join(studies())} (or any <runs>/<study> folder, e.g. nbs_demo)")
-        s.add_argument("--runs", default="runs", help="root of run directories (config out_dir)")
+        s.add_argument("--runs", default="runs", help="root of run directories (config out_dir; relative to here)")
         s.add_argument("--preset", default="cpu", help="which scale preset's runs: cpu | gpu | none | all")
-        s.add_argument("--out", default=None, help="results folder (default results/<study>/<preset>)")
+        if name in ("collect", "figures"):
+            where = s.add_mutually_exclusive_group()
+            where.add_argument(
+                "--out",
+                default=None,
+                help="results folder, relative to here (default: <runs>/<study>/_collected/<preset>)",
+            )
+            where.add_argument(
+                "--commit",
+                action="store_true",
+                help=f"write the committed results {REPO_ROOT / 'results'}/<study>/<preset> (`bnlab report`'s)",
+            )
+        if name == "collect":
+            s.add_argument(
+                "--all",
+                action="store_true",
+                help="also collect runs outside the study's sweep grid, each set labelled as its own `variant`",
+            )
         s.set_defaults(fn=fn)
     h = sub.add_parser("health", help="BN health report of a run's saved checkpoint on its (or given) data")
     h.add_argument("run_dir", help="a run directory (holding config.yaml and checkpoint.pt)")
@@ -119,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
     args = p.parse_args(argv)
-    if args.command in ("collect", "figures", "status"):
+    if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)
         if study != args.study:
             print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")

@@ -7,6 +7,7 @@ train.retry_failed=true (RETRY_FAILED=1 in `make sweep`).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def status_report(study_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def command_line_sweeps(overrides: list[str]) -> list[str]:
+    """Keys swept on the command line (`norm.nbs=4,32,256`, `seed=range(3)`): the sweep's own view, lost in its jobs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+
+
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Hand the command line's swept keys to the jobs (W&B tags and names: wandb_logger.run_labels); the
+        environment reaches every launcher's workers (same process, joblib, submitit, SLURM's --export=ALL)."""
+        os.environ["BNLAB_SWEPT_KEYS"] = ",".join(command_line_sweeps(config.hydra.overrides.task))
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         print(status_report(Path(config.out_dir) / str(config.study)), flush=True)

@@ -61,4 +61,24 @@ def analyze(study: str, results_dir: str | Path, preset: str = "cpu") -> list[Pa
     if runs.empty:
         raise FileNotFoundError(f"{out} holds no collected runs; run `bnlab collect {study}` first")
     fn = getattr(module, "analyze", None) or default_analysis
-    return fn(runs, epochs, out)
+    written = []
+    for variant, where, part in variants(runs, out):  # runs outside the grid (collect --all): never pooled
+        if variant:
+            n = f"{len(part)} run" + ("s" if len(part) != 1 else "")
+            print(f"[bnlab] variant {variant}: {n} outside the study's grid, analysed alone -> {where}")
+        written += fn(part.reset_index(drop=True), epochs[epochs["run_id"].isin(part["run_id"])], where)
+    return written
+
+
+def variants(runs: pd.DataFrame, out: Path) -> list[tuple[str, Path, pd.DataFrame]]:
+    """(variant, folder, its runs). One variant (the usual case: the grid's runs) is analysed into `out`; with
+    several (collect --all), the grid's ('' variant) go to `out` and every other to out/variants/<variant>, so a
+    table only ever averages runs that differ in seed and arm."""
+    labels = runs["variant"].fillna("").astype(str) if "variant" in runs else pd.Series("", index=runs.index)
+    if labels.nunique() <= 1:
+        return [(labels.iloc[0] if len(labels) else "", out, runs)]
+    parts = []
+    for variant in sorted(labels.unique()):
+        where = out / "variants" / variant.replace("/", "_").replace(" ", "_") if variant else out
+        parts.append((variant, where, runs[labels == variant]))
+    return parts

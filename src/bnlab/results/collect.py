@@ -1,11 +1,18 @@
 """Turn a study's run directories into one row per run (every config key flattened) and a long per-epoch table.
 
 Tolerates partial runs: a directory with a config but no summary is `interrupted` (it has a checkpoint) or
-`incomplete`; unreadable files are reported in the `problem` column instead of stopping the collection.
+`incomplete`; unreadable files are reported in the `problem` column instead of stopping the collection. A run
+whose files disagree with its summary (metrics.csv with fewer epochs than summary.json's epochs_completed, a last
+row that is not the summary's final metrics: a truncated or edited file) is `inconsistent`, never `completed`
+(its summary's status is kept in `summary_status`), so no analysis uses it.
+
+`collect_study` also selects a study's runs: the ones its sweep grid defines (results/grid.py).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +70,10 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     if summary:
         row.update({k: summary.get(k) for k in SUMMARY_KEYS if k in summary})
         row.update(summary.get("final", {}))
+        disagreement = _disagreement(summary, epochs, metrics_exists=(run_dir / "metrics.csv").exists())
+        if disagreement:
+            row["summary_status"], row["status"] = row.get("status"), "inconsistent"
+            problems.append(disagreement)
     else:
         row["status"] = "interrupted" if (run_dir / "checkpoint.pt").exists() else "incomplete"
         if epochs is not None and len(epochs):
@@ -72,6 +83,41 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     if epochs is not None:
         epochs.insert(0, "run_id", run_dir.name)
     return row, epochs
+
+
+def _same(a, b) -> bool:
+    """Does metrics.csv's cell `a` hold summary.json's value `b` (CSV round trip: floats exact, None -> NaN)?"""
+    if b is None or b == "":
+        return a is None or a == "" or (isinstance(a, float) and math.isnan(a))
+    if isinstance(b, bool) or not isinstance(b, int | float):
+        return str(a) == str(b)
+    try:
+        a = float(a)
+    except (TypeError, ValueError):
+        return False
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _disagreement(summary: dict, epochs: pd.DataFrame | None, metrics_exists: bool) -> str | None:
+    """Why metrics.csv disagrees with summary.json (None when it agrees): epoch count, epoch numbers, final row."""
+    expected = summary.get("epochs_completed")
+    if not isinstance(expected, int):
+        return None
+    if epochs is None:
+        if metrics_exists:
+            return "metrics.csv is unreadable"
+        return f"summary.json says {expected} epochs, metrics.csv is missing" if expected else None
+    if len(epochs) != expected:
+        return f"metrics.csv holds {len(epochs)} epochs, summary.json says {expected} (truncated or stale)"
+    if "epoch" in epochs and list(epochs["epoch"]) != list(range(1, expected + 1)):
+        return f"metrics.csv's epochs are {list(epochs['epoch'])}, not 1..{expected}"
+    last = epochs.iloc[-1] if len(epochs) else {}
+    for key, value in (summary.get("final") or {}).items():
+        if key in epochs and not _same(last[key], value):
+            return f"metrics.csv's last row has {key}={last[key]}, summary.json's final {key}={value}"
+    return None
 
 
 def run_dirs(study_dir: Path) -> list[Path]:
@@ -130,3 +176,90 @@ def load(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         p = d / f"{name}.parquet"
         frames.append(pd.read_parquet(p) if p.exists() else pd.read_csv(d / f"{name}.csv"))
     return frames[0], frames[1]
+
+
+@dataclass
+class Collected:
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # what was left out or is inconsistent, for the user
+
+
+def _runs_n(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _describe(diff: dict) -> str:
+    import json
+
+    shown = [
+        f"{k}={'<unset>' if a is None else json.loads(a)} (grid: {'<unset>' if b is None else json.loads(b)})"
+        for k, (a, b) in list(diff.items())[:4]
+    ]
+    return ", ".join(shown) + (f", +{len(diff) - 4} more keys" if len(diff) > 4 else "")
+
+
+def collect_study(
+    runs_root: str | Path, study: str, preset: str = "cpu", include_all: bool = False, conf: str | None = None
+) -> Collected:
+    """The runs of `study` for `preset` (cpu | gpu | none | all) under <runs_root>/<study>: the ones its sweep grid
+    defines. Every run gets a `variant` column: '' for a grid run, else the keys by which it differs from the grid
+    (e.g. 'optim.lr=0.05'); runs outside the grid are left out (a note names them) unless `include_all`."""
+    from bnlab.results.grid import StudyGrid, run_identity, variant_label
+
+    study_dir = Path(runs_root) / study
+    runs, epochs = collect(study_dir)
+    out = Collected(runs, epochs)
+    if runs.empty:
+        return out
+    if preset != "all" and "preset" in runs:  # preset: null (no scale preset) is --preset none
+        presets = runs["preset"].map(lambda v: "none" if v is None or v != v else str(v))
+        runs = runs[presets == preset].copy()
+    grid = StudyGrid.of(study, preset, conf)
+    runs["variant"] = ""
+    if grid is None:
+        out.notes.append(
+            f"study {study} has no sweep grid in conf/experiment: collecting all {len(runs)} of its runs "
+            f"(preset {preset}); keys that differ between them: {varying_keys(runs) or 'none but the seed'}"
+        )
+    elif len(runs):
+        inside, why = [], {}
+        for i, run_dir in zip(runs.index, runs["run_dir"]):
+            ident = run_identity(run_dir)
+            if ident is None:
+                inside.append(False)
+                runs.loc[i, "variant"], why[i] = "unreadable config", "config.yaml unreadable"
+            elif grid.contains(ident):
+                inside.append(True)
+            else:
+                diff = grid.difference(ident)
+                inside.append(False)
+                runs.loc[i, "variant"], why[i] = variant_label(diff), _describe(diff)
+        inside = pd.Series(inside, index=runs.index)
+        if preset != "all" and int(inside.sum()) < grid.size:
+            out.notes.append(f"{int(inside.sum())} of the {grid.size} runs of the grid are here (preset {preset})")
+        if (~inside).any():
+            listed = [f"  {runs.loc[i, 'run_dir']}: {why[i]}" for i in runs.index[~inside]]
+            if include_all:
+                out.notes.append(
+                    f"--all: collecting {_runs_n(int((~inside).sum()))} outside study {study}'s sweep grid (preset "
+                    f"{preset}) as their own variants (column `variant`; figures analyses each variant apart):",
+                )
+            else:
+                out.notes.append(
+                    f"left out {_runs_n(int((~inside).sum()))} outside study {study}'s sweep grid (preset {preset}, "
+                    f"conf/experiment/): they differ from every grid point beyond seed and arm:"
+                )
+            out.notes.extend(listed)
+            if not include_all:
+                out.notes.append(
+                    "  to collect them too, as separate variants that are never averaged with the grid's runs: --all"
+                )
+                runs = runs[inside]
+    bad = runs[runs["status"] == "inconsistent"]
+    if len(bad):
+        out.notes.append(f"{_runs_n(len(bad))} inconsistent (left out of every table; rerun or delete them):")
+        out.notes.extend(f"  {d}: {p}" for d, p in zip(bad["run_dir"], bad["problem"]))
+    out.runs = runs.reset_index(drop=True)
+    out.epochs = epochs[epochs["run_id"].isin(runs["run_id"])].reset_index(drop=True)
+    return out

@@ -14,7 +14,7 @@ from bnlab.train.run_dir import RunDir, run_id
 from bnlab.utils.io import atomic_write_text
 
 
-def launch_ranks(cfg, rd: RunDir, entry: Callable, raise_on_failure: bool, tags) -> dict | None:
+def launch_ranks(cfg, rd: RunDir, entry: Callable, raise_on_failure: bool, labels) -> dict | None:
     processes = int(cfg.train.processes)
     rd.write_config(cfg)
 
@@ -24,6 +24,6 @@ def launch_ranks(cfg, rd: RunDir, entry: Callable, raise_on_failure: bool, tags)
             reason = f"{type(out.error).__name__}: {str(out.error).strip()[-500:]}"
             rd.write_summary({"run_id": run_id(cfg), "run_dir": str(rd.root), "status": "failed", "reason": reason})
 
-    body = lambda: spawn_ranks(entry, cfg, processes, rd.root, raise_on_failure, tags)
+    body = lambda: spawn_ranks(entry, cfg, processes, rd.root, raise_on_failure, labels)
     recorded(body, finish, raise_on_failure)
     return rd.summary()

@@ -23,7 +23,7 @@ from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wra
 from bnlab.train.evaluate import eval_variants, evaluate
 from bnlab.train.fast import prepare_training_model
 from bnlab.train.launch import launch_ranks
-from bnlab.train.outcome import Diverged, Outcome, recorded
+from bnlab.train.outcome import NO_GUARD, Diverged, Outcome, SigtermGuard, recorded
 from bnlab.train.run_dir import RunDir, run_id
 from bnlab.train.wandb_logger import WandbLogger
 from bnlab.utils.io import atomic_write_text
@@ -99,8 +99,9 @@ def _health_step_hook(monitor, model, logger, progress: Progress):
     return hook
 
 
-def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=SINGLE) -> None:
-    """The epochs: train, evaluate, then (rank 0) metrics.csv, W&B, one console line and a checkpoint."""
+def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=SINGLE, guard=NO_GUARD) -> None:
+    """The epochs: train, evaluate, then (rank 0) metrics.csv, W&B, one console line and a checkpoint (a SIGTERM
+    there waits for the epoch's files to be written: `guard`)."""
     net, batches = wrap_model(job.model, rank), shard(job.data.train, rank)  # identity in one process
     net = prepare_training_model(net, cfg.train, job.data.train.device)  # channels_last / autocast / compile
     step_hook = _health_step_hook(monitor, job.model, logger, progress)
@@ -131,16 +132,19 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=S
         progress.history.append(row)
         progress.epoch = epoch + 1
         if rank.main:
-            rd.write_metrics(progress.history)
-            logger.log(row, step=progress.step)
-            print("[bnlab] " + format_row(row, epochs))
-            save(rd, job, progress, monitor)
+            with guard.deferred():
+                rd.write_metrics(progress.history)
+                logger.log(row, step=progress.step)
+                print("[bnlab] " + format_row(row, epochs))
+                save(rd, job, progress, monitor)
 
 
 def _finish(rd: RunDir, summary: dict, progress: Progress, monitor, logger, rank, out: Outcome) -> None:
     """Record how the run ended: summary.json (+ error.txt for a failure), the health verdict, W&B's end."""
-    if out.status == "running":  # interrupted (KeyboardInterrupt, kill): keep the checkpoint, write nothing
-        logger.finish(failed=True)
+    if out.status == "running":  # interrupted (KeyboardInterrupt, SIGTERM): keep the checkpoint, write nothing
+        logger.finish(failed=True)  # flushes W&B: the attempt's epochs are in its offline folder / uploaded
+        if rank.main:
+            print(f"[bnlab] {rd.root}: stopped after epoch {progress.epoch}; its checkpoint is kept, rerun to resume")
         return
     if out.reason is not None:
         summary["reason"] = out.reason
@@ -161,14 +165,15 @@ def _finish(rd: RunDir, summary: dict, progress: Progress, monitor, logger, rank
     logger.finish(failed=out.status != "completed")
 
 
-def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: bool, tags) -> dict:
+def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: bool, labels) -> dict:
     """Resume, fit and finish a run whose directory this process owns."""
     if rank.main:
         rd.write_config(cfg)
     monitor = build_monitor(cfg)  # BN health: reads BN-like buffers from outside, None when disabled
     progress = resume(cfg, rd, job, monitor, rank)
     rid = run_id(cfg)
-    logger = WandbLogger(cfg, rd.root, rid, tags, enabled=rank.main)
+    # W&B continues this directory's run and first replays the epochs it already has (a killed attempt's)
+    logger = WandbLogger(cfg, rd.root, labels, enabled=rank.main, history=progress.history)
     summary = {
         "run_id": rid,
         "study": str(cfg.study),
@@ -179,11 +184,12 @@ def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: boo
         **({"finetune": job.finetuned} if job.finetuned else {}),
         **environment(device),
     }
-    recorded(
-        lambda: fit(cfg, job, rd, progress, monitor, logger, rank),
-        lambda out: _finish(rd, summary, progress, monitor, logger, rank, out),
-        raise_on_failure,
-    )
+    with SigtermGuard() if rank.world == 1 else nullcontext(NO_GUARD) as guard:  # ranks: stopped by the parent
+        recorded(
+            lambda: fit(cfg, job, rd, progress, monitor, logger, rank, guard),
+            lambda out: _finish(rd, summary, progress, monitor, logger, rank, out),
+            raise_on_failure,
+        )
     return summary
 
 
@@ -195,10 +201,11 @@ def _already_done(cfg, rd: RunDir) -> bool:
     return False
 
 
-def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> dict:
+def run(cfg, raise_on_failure: bool = True, labels: dict | None = None) -> dict:
     """Train one configuration into its run directory and return its summary.
 
-    `tags` label the W&B run (a sweep passes its swept overrides, e.g. "norm.nbs=4").
+    `labels` name the W&B run: {name, job_type, tags} (wandb_logger.run_labels; default: from the config).
+    A SIGTERM stops it with Terminated (train.outcome) after flushing W&B, its last checkpoint kept.
     """
     validate(cfg)
     rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
@@ -214,5 +221,5 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
         if rd.status() == "completed":  # finished by another process while this one was building
             return rd.summary()
         if int(cfg.train.get("processes", 1)) > 1 and rank.world == 1:  # this process launches the ranks
-            return launch_ranks(cfg, rd, run, raise_on_failure, tags)
-        return _train(cfg, rd, job, rank, device, raise_on_failure, tags)
+            return launch_ranks(cfg, rd, run, raise_on_failure, labels)
+        return _train(cfg, rd, job, rank, device, raise_on_failure, labels)
