@@ -113,15 +113,25 @@ class TestResult:
     p: float = math.nan
     note: str = ""
 
+    def numbers(self) -> str:
+        """The estimate, its CI, p and n in one phrase ("" when not run)."""
+        s = self.spec
+        if self.outcome == "not run":
+            return ""
+        unit = " (log10)" if s.transform == "log10" else ""
+        n = f"n = {self.n_a}" + ("" if s.pairing == "seed" or s.b.value is not None else f" / {self.n_b}")
+        if not math.isfinite(self.ci_low):
+            return f"a - b = {self.estimate:+.4g}{unit}, {n}"
+        return (
+            f"a - b = {self.estimate:+.4g}{unit}, 95% CI [{self.ci_low:.4g}, {self.ci_high:.4g}], p = {self.p:.2g}, {n}"
+        )
+
     def line(self) -> str:
         s = self.spec
         if self.outcome == "not run":
             return f"{s.id}: {s.what}: not run ({self.note})"
-        unit = " (log10)" if s.transform == "log10" else ""
-        est = f"{self.estimate:+.4g}{unit}, 95% CI [{self.ci_low:.4g}, {self.ci_high:.4g}], p = {self.p:.2g}"
-        n = f"n = {self.n_a}" + ("" if s.pairing == "seed" and s.b.value is None else f" / {self.n_b}")
         extra = f"; {self.note}" if self.note else ""
-        return f"{s.id}: {s.what}: a - b = {est}, {n} -> {self.outcome}{extra}"
+        return f"{s.id}: {s.what}: {self.numbers()} -> {self.outcome}{extra}"
 
 
 def _arm(raw, where: str, name: str) -> Arm:

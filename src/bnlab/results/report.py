@@ -20,7 +20,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 vertical-align:top}th{background:#f3f3f3;text-align:left}.wide{overflow-x:auto;max-width:100%;margin:0 0 1.5em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
-.claims td{min-width:6em}.claims td.text{min-width:16em}
+.claims td{min-width:6em}.claims td.text{min-width:12em}.claims td.tests{min-width:26em}
 .v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}
 .v-inconclusive,.v-exploratory{background:#eef2f8}.v-contradicted{background:#f9e0de}
 .v-not-run,.v-no-study-yet{background:#eee;color:#555}ul.tests{margin:0;padding-left:1.2em}
@@ -50,7 +50,11 @@ def _tests_cell(sc) -> str:
     items = []
     for r in sc.outcomes:
         css = "o-" + r.outcome.replace(" ", "-")
-        items.append(f'<li class="{css}">{html.escape(r.line())}</li>')
+        detail = "; ".join(x for x in (r.numbers(), r.note) if x)
+        items.append(
+            f'<li><b>{html.escape(r.spec.id)}</b> {html.escape(r.spec.what)}<br><span class="{css}">'
+            f"<b>{html.escape(r.outcome)}</b></span> <small>{html.escape(detail)}</small></li>"
+        )
     return f'<ul class="tests">{"".join(items)}</ul>'
 
 
@@ -80,7 +84,7 @@ def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_sh
             verdict_class = "v-" + sc.verdict.replace(" ", "-")
             rows.append(
                 f'<tr id="claim-{cid}-{html.escape(sc.study)}">{first}<td class="text">{html.escape(sc.source)}</td>'
-                f'<td class="text">{html.escape(sc.ours)}</td><td class="text">{_tests_cell(sc)}</td>'
+                f'<td class="text">{html.escape(sc.ours)}</td><td class="tests">{_tests_cell(sc)}</td>'
                 f'<td class="{verdict_class}">{sc.verdict}</td>'
                 f"<td><b>{html.escape(sc.study)}</b><br>{'<br>'.join(links)}</td></tr>"
             )
