@@ -305,6 +305,7 @@ class BNHealthMonitor:
     def __init__(self, cfg: HealthConfig):
         self.cfg = cfg
         self.events: list[dict] = []
+        self.last_measurement: tuple[dict, dict] | None = None  # (stats, per_channel) of the latest check
 
     def layer_stats(self, model: nn.Module, batches, val_batches=None) -> dict[str, dict]:
         """Per-layer statistics: training batches in train mode, validation batches in eval mode; buffers kept."""
@@ -325,7 +326,8 @@ class BNHealthMonitor:
     # --- verdict ------------------------------------------------------------------------------------------
     def check(self, model: nn.Module, batches, metrics: dict, epoch: int | None = None, val_batches=None) -> dict:
         """Measure, judge, remember any events; return flat `health/*` metrics for the epoch's row."""
-        stats = self.layer_stats(model, batches, val_batches)
+        stats, channels = measure(model, batches, val_batches, self.cfg)
+        self.last_measurement = (stats, channels)
         if not stats:
             return {}
         gap = None
