@@ -332,7 +332,7 @@ def test_lightning_callback_in_a_trainer(tmp_path):
     x = torch.randn(96, 2, 4, 4, generator=g)
     y = (x.mean((1, 2, 3)) < 0).long()
     loader = DataLoader(TensorDataset(x, y), 16)
-    cb = BNHealthCallback(val_batches=list(loader)[:2], every_n_steps=2, loss_fn=CE)
+    cb = BNHealthCallback(val_data=list(loader)[:2], every_n_steps=2, loss_fn=CE)
     trainer = L.Trainer(
         max_steps=6, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
         default_root_dir=tmp_path, accelerator="cpu",

@@ -1,11 +1,11 @@
-"""BN health for any model: `diagnose(model, train_batches, val_batches)` and a hook for a plain training loop.
+"""BN health for any model: `diagnose(model, train_data, val_data)` and a hook for a plain training loop.
 
 The same measurements and verdict as bnlab's own monitor (health.py's `measure` and `judge`), on a model bnlab did
 not build: any nn.Module whose BN-like layers (nn.BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm with running
 statistics, bnlab's layers: anything with 1-d running_mean/running_var buffers) hold running statistics.
 
     from bnlab.diagnostics import diagnose
-    report = diagnose(model, train_loader, val_loader, loss_fn=nn.functional.cross_entropy)
+    report = diagnose(model, train_loader, val_loader, loss_fn=nn.functional.cross_entropy, val_batches=8)
     print(report)                     # per-layer table, events with their causes, what to try
     report.to_json("bn_health.json")  # every figure, per layer and per channel
 
@@ -314,8 +314,8 @@ def _per_channel_lists(ch: dict) -> dict:
 
 def diagnose(
     model: nn.Module,
-    train_batches,
-    val_batches=None,
+    train_data,
+    val_data=None,
     loss_fn=None,
     *,
     config: HealthConfig | None = None,
@@ -323,16 +323,17 @@ def diagnose(
 ) -> HealthReport:
     """BN health of `model`: per BN-like layer and channel, the events with their causes, and what to try.
 
-    train_batches / val_batches: iterables of tensors or (x, y, ...) batches (e.g. DataLoaders), already the
-    model's input; moved to the model's device. loss_fn(output, target) -> scalar: optional, the gap is then a loss
-    difference. config: thresholds (HealthConfig(); its defaults equal conf/train.yaml's `health:`); keyword
-    overrides change single fields, e.g. diagnose(model, tr, va, batches=8, val_batches=8).
+    train_data / val_data: iterables of batches, each a tensor or an (x, y, ...) tuple (e.g. DataLoaders), already
+    the model's input; moved to the model's device. The first `batches` / `val_batches` of them are used.
+    loss_fn(output, target) -> scalar: optional, the gap is then a loss difference.
+    config: thresholds (HealthConfig(); its defaults equal conf/train.yaml's `health:`); keyword overrides change
+    single fields, e.g. diagnose(model, tr, va, batches=8, val_batches=8).
     The model is left exactly as found (module modes, buffers, parameters, gradients, RNG state)."""
     cfg = _config(config, overrides)
-    train = _first(train_batches, cfg.batches, "train_batches")
-    val = _first(val_batches, cfg.val_batches, "val_batches")
+    train = _first(train_data, cfg.batches, "train_data")
+    val = _first(val_data, cfg.val_batches, "val_data")
     if not train:
-        raise HealthInputError("train_batches gave no batch: the diagnosis needs at least one training batch")
+        raise HealthInputError("train_data gave no batch: the diagnosis needs at least one training batch")
     device = _device(model)
     if not bn_layers(model):
         return HealthReport({}, None, None, {}, [], ["no BN-like layer (running_mean/running_var buffers)"], {}, {})
@@ -356,7 +357,7 @@ def make_report(stats: dict, channels: dict, gap, gap_kind, losses: dict, cfg: H
 class BNHealthHook:
     """BN health inside a plain PyTorch loop: `hook.step(step, batch)` after each optimizer step.
 
-        hook = BNHealthHook(model, val_batches, every=500, loss_fn=F.cross_entropy)
+        hook = BNHealthHook(model, val_data, every=500, loss_fn=F.cross_entropy)
         for step, batch in enumerate(loader):
             ...; optimizer.step()
             hook.step(step, batch)
@@ -367,14 +368,12 @@ class BNHealthHook:
     W&B run (attached to the loop's own next row: commit=False), else one printed line. Events are collected in
     `hook.events` (with the step) and the latest report is `hook.last`."""
 
-    def __init__(
-        self, model: nn.Module, val_batches, every: int = 500, log=None, loss_fn=None, config=None, **overrides
-    ):
+    def __init__(self, model: nn.Module, val_data, every: int = 500, log=None, loss_fn=None, config=None, **overrides):
         if every < 1:
             raise ValueError("every must be >= 1")
         self.model, self.every, self.log, self.loss_fn = model, every, log, loss_fn
         self.config = _config(config, overrides)
-        self.val = _first(val_batches, self.config.val_batches, "val_batches")  # held: the same batches each time
+        self.val = _first(val_data, self.config.val_batches, "val_data")  # held: the same batches each time
         self.recent: list = []
         self.events: list[dict] = []
         self.last: HealthReport | None = None

@@ -4,7 +4,7 @@
     trainer = L.Trainer(callbacks=[BNHealthCallback(every_n_steps=500)])
 
 Every `every_n_steps` optimizer steps it runs `bnlab.diagnostics.diagnose` on the LightningModule with the last
-training batches and the first validation batches (`val_batches`, or the trainer's validation dataloader) and logs
+training batches and the first validation batches (`val_data`, or the trainer's validation dataloader) and logs
 the flat `health/*` metrics to the trainer's loggers (W&B, TensorBoard, CSV: whatever the Trainer logs to), else
 prints them. Events are kept in `callback.events`.
 
@@ -36,20 +36,20 @@ INSTALL_HINT = "BNHealthCallback needs PyTorch Lightning: pip install 'bnlab[lig
 class _HealthCallbackLogic:
     """What the callback does, written against the few trainer/module attributes it uses."""
 
-    def __init__(self, val_batches=None, every_n_steps: int = 500, loss_fn=None, config=None, **overrides):
-        self.val_batches, self.every_n_steps, self.loss_fn = val_batches, every_n_steps, loss_fn
+    def __init__(self, val_data=None, every_n_steps: int = 500, loss_fn=None, config=None, **overrides):
+        self.val_data, self.every_n_steps, self.loss_fn = val_data, every_n_steps, loss_fn
         self.config, self.overrides = config, overrides
         self.hook: BNHealthHook | None = None
         self.events: list[dict] = []
 
     def _val(self, trainer):
-        if self.val_batches is not None:
-            return self.val_batches
+        if self.val_data is not None:
+            return self.val_data
         loaders = getattr(trainer, "val_dataloaders", None)
         if isinstance(loaders, list | tuple) and loaders and isinstance(loaders[0], DataLoader):
             loaders = loaders[0]  # several validation dataloaders: the first
         if loaders is None:
-            raise ValueError("BNHealthCallback: give val_batches=..., or a validation dataloader to the Trainer")
+            raise ValueError("BNHealthCallback: give val_data=..., or a validation dataloader to the Trainer")
         return loaders
 
     def _log(self, trainer):
@@ -81,7 +81,7 @@ class _HealthCallbackLogic:
 class BNHealthCallback(_HealthCallbackLogic, _Callback):
     """Lightning callback: BN health every `every_n_steps` steps (see the module docstring)."""
 
-    def __init__(self, val_batches=None, every_n_steps: int = 500, loss_fn=None, config=None, **overrides):
+    def __init__(self, val_data=None, every_n_steps: int = 500, loss_fn=None, config=None, **overrides):
         if not LIGHTNING:
             raise ImportError(INSTALL_HINT)
-        _HealthCallbackLogic.__init__(self, val_batches, every_n_steps, loss_fn, config, **overrides)
+        _HealthCallbackLogic.__init__(self, val_data, every_n_steps, loss_fn, config, **overrides)
