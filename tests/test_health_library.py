@@ -97,6 +97,14 @@ def test_running_statistics_far_from_the_batch_statistics_are_stale_ema():
     assert report.events[0]["layers"][0]["layer"] == "2"
     assert any("Precise BN" in t for t in report.events[0]["try"])
     assert "stale EMA" in report.text()
+    assert report.precise["gap"] < 0.05  # Precise BN (on a copy) closes the gap: the EMA was the problem
+    assert net[2].running_mean.mean() > 2.5  # and the model's own statistics are as they were
+
+    # a gap no single layer explains (thresholds out of reach) but Precise BN closes: still a stale EMA
+    lax = {"discrepancy_threshold": 1e9, "log_var_threshold": 1e9, "channel_z_threshold": 1e9}
+    report = diagnose(net, batches, batches[4:], CE, channel_log_var_threshold=1e9, **lax)
+    assert report.causes == ["stale_ema"] and report.events[0]["layers"][0]["precise_gap"] < 0.05
+    assert diagnose(net, batches, batches[4:], CE, precise=False, channel_log_var_threshold=1e9, **lax).ok
 
 
 def test_non_iid_batches_are_batch_composition():
@@ -113,7 +121,7 @@ def test_non_iid_batches_are_batch_composition():
     train, val = [composed(i) for i in range(8)], [composed(i) for i in range(4)]
     _ema(net, train, 400)  # a converged EMA: on the batches' average
     report = diagnose(net, train, val, CE, batches=4)
-    assert report.causes == ["batch_composition"]
+    assert report.causes == ["batch_composition"] and report.precise["gap"] > 0.25  # no EMA fix helps
     assert any("i.i.d." in t for t in report.events[0]["try"])
 
 

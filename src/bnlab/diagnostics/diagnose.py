@@ -22,6 +22,7 @@ forked generator), on CPU and CUDA.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ from torch import nn
 
 from bnlab.diagnostics.health import EVENTS, HealthConfig, bn_layers, judge, measure
 from bnlab.norm.modes import preserved_buffers
+from bnlab.norm.precise import precise_bn
 
 # What to try per cause, for a model outside bnlab (plain PyTorch terms; bnlab's runs print health.REMEDIES).
 ADVICE: dict[str, list[str]] = {
@@ -78,6 +80,7 @@ class HealthReport:
     notes: list[str]
     row: dict
     config: dict = field(default_factory=dict)
+    precise: dict = field(default_factory=dict)  # the gap with Precise BN's statistics (on a copy), when measured
 
     @property
     def ok(self) -> bool:
@@ -106,12 +109,20 @@ class HealthReport:
             }[self.gap_kind]
             extra = f" ({self.losses['eval_mode']:.4g} vs {self.losses['train_mode']:.4g})" if self.losses else ""
             lines.append(f"{label}: {self.gap:.4g}{extra} (events need > {self.config.get('gap_threshold')})")
+            if "gap" in self.precise:
+                pl = self.precise.get("losses") or {}
+                extra = f" ({pl['eval_mode']:.4g} vs {pl['train_mode']:.4g})" if pl else ""
+                lines.append(
+                    f"  the same with running statistics recomputed on the {self.precise['batches']} training batches "
+                    f"(Precise BN, on a copy): {self.precise['gap']:.4g}{extra}"
+                )
         if not self.events:
             lines.append("BN health: no event")
         for e in self.events:
             lines.append(f"EVENT {e['label']}:")
             for x in e["layers"]:
-                lines.append(f"  {x['layer']}: " + _describe_channels(e["cause"], x, self.layers[x["layer"]]))
+                lines.append(f"  {x['layer']}:")
+                lines += [f"    {c}" for c in _describe_channels(e["cause"], x, self.layers[x["layer"]])]
             lines.append("  what to try:")
             lines += [f"   - {t}" for t in e["try"]]
         lines += [f"note: {n}" for n in self.notes]
@@ -160,10 +171,10 @@ def layer_table(stats: dict[str, dict], max_layers: int | None = None) -> str:
     return "\n".join(rows)
 
 
-def _describe_channels(cause: str, x: dict, layer: dict) -> str:
+def _describe_channels(cause: str, x: dict, layer: dict, shown: int = 3) -> list[str]:
     pc = layer.get("per_channel", {})
     parts = []
-    for c in x["channels"]:
+    for c in x["channels"][:shown]:
         rv = pc["running_var"][c] if "running_var" in pc else float("nan")
         if cause == "collapsed_variance":
             parts.append(
@@ -177,7 +188,9 @@ def _describe_channels(cause: str, x: dict, layer: dict) -> str:
             )
         else:
             parts.append(f"channel {c}: batch means spread {pc['composition'][c]:.1f}x what i.i.d. batches give")
-    return "; ".join(parts)
+    if len(x["channels"]) > shown:
+        parts.append(f"and {len(x['channels']) - shown} more channel(s) (in the JSON)")
+    return parts
 
 
 def _config(config: HealthConfig | None, overrides: dict) -> HealthConfig:
@@ -319,6 +332,7 @@ def diagnose(
     loss_fn=None,
     *,
     config: HealthConfig | None = None,
+    precise: bool = True,
     **overrides,
 ) -> HealthReport:
     """BN health of `model`: per BN-like layer and channel, the events with their causes, and what to try.
@@ -328,6 +342,8 @@ def diagnose(
     loss_fn(output, target) -> scalar: optional, the gap is then a loss difference.
     config: thresholds (HealthConfig(); its defaults equal conf/train.yaml's `health:`); keyword overrides change
     single fields, e.g. diagnose(model, tr, va, batches=8, val_batches=8).
+    precise: also measure the gap with Precise BN's statistics from the training batches, on a deep copy of the
+    model; a gap it closes is a stale EMA even if no single layer is far off (judge's `precise_gap`).
     The model is left exactly as found (module modes, buffers, parameters, gradients, RNG state)."""
     cfg = _config(config, overrides)
     train = _first(train_data, cfg.batches, "train_data")
@@ -340,18 +356,36 @@ def diagnose(
     with _as_found(model):
         stats, channels = measure(model, train, val or None, cfg, device=device)
         gap, kind, losses = _gap(model, val, loss_fn, device) if val else (None, None, {})
-    return make_report(stats, channels, gap, kind, losses, cfg)
+        checked = _precise_gap(model, train, val, loss_fn, device) if val and precise else {}
+    return make_report(stats, channels, gap, kind, losses, cfg, checked)
 
 
-def make_report(stats: dict, channels: dict, gap, gap_kind, losses: dict, cfg: HealthConfig) -> HealthReport:
+def _precise_gap(model, train: list, val: list, loss_fn, device) -> dict:
+    """The gap again with Precise BN's running statistics (population statistics of the training batches), on a
+    copy of the model: if it closes, the EMA was the problem."""
+    try:
+        twin = copy.deepcopy(model)
+    except Exception:  # a model that cannot be copied: no check (a note says so)
+        return {"skipped": "the model cannot be deep-copied"}
+    precise_bn(twin, train, num_samples=sys.maxsize)
+    gap, _, losses = _gap(twin, val, loss_fn, device)
+    return {"gap": gap, "losses": losses, "batches": len(train)}
+
+
+def make_report(
+    stats: dict, channels: dict, gap, gap_kind, losses: dict, cfg: HealthConfig, precise: dict | None = None
+) -> HealthReport:
     """A HealthReport from `measure`'s output and a gap (diagnose and `bnlab health` on a run directory)."""
-    row, found = judge(stats, gap, cfg)
+    precise = precise or {}
+    row, found = judge(stats, gap, cfg, precise.get("gap"))
     events = [
         {"cause": k, "label": EVENTS[k], "gap": gap, "layers": layers, "try": ADVICE[k]} for k, layers in found.items()
     ]
     layers = {name: {**s, "per_channel": _per_channel_lists(channels[name])} for name, s in stats.items()}
     notes = _notes(stats, channels, found, gap, cfg)
-    return HealthReport(layers, gap, gap_kind, losses, events, notes, row, asdict(cfg))
+    if "skipped" in precise:
+        notes.append(f"Precise BN check skipped: {precise['skipped']}")
+    return HealthReport(layers, gap, gap_kind, losses, events, notes, row, asdict(cfg), precise)
 
 
 class BNHealthHook:
@@ -368,10 +402,20 @@ class BNHealthHook:
     W&B run (attached to the loop's own next row: commit=False), else one printed line. Events are collected in
     `hook.events` (with the step) and the latest report is `hook.last`."""
 
-    def __init__(self, model: nn.Module, val_data, every: int = 500, log=None, loss_fn=None, config=None, **overrides):
+    def __init__(
+        self,
+        model: nn.Module,
+        val_data,
+        every: int = 500,
+        log=None,
+        loss_fn=None,
+        config=None,
+        precise: bool = True,
+        **overrides,
+    ):
         if every < 1:
             raise ValueError("every must be >= 1")
-        self.model, self.every, self.log, self.loss_fn = model, every, log, loss_fn
+        self.model, self.every, self.log, self.loss_fn, self.precise = model, every, log, loss_fn, precise
         self.config = _config(config, overrides)
         self.val = _first(val_data, self.config.val_batches, "val_data")  # held: the same batches each time
         self.recent: list = []
@@ -389,7 +433,9 @@ class BNHealthHook:
         if step <= 0 or step % self.every or step == self._fired:
             return None
         self._fired = step
-        report = diagnose(self.model, list(self.recent), self.val, self.loss_fn, config=self.config)
+        report = diagnose(
+            self.model, list(self.recent), self.val, self.loss_fn, config=self.config, precise=self.precise
+        )
         self.last = report
         self.events += [{**e, "step": step} for e in report.events]
         metrics = {k: v for k, v in report.row.items() if v is not None}

@@ -241,8 +241,15 @@ def _stale(s: dict, c: HealthConfig) -> bool:
     )
 
 
-def judge(stats: dict[str, dict], gap: float | None, cfg: HealthConfig) -> tuple[dict, dict[str, list[dict]]]:
+def judge(
+    stats: dict[str, dict], gap: float | None, cfg: HealthConfig, precise_gap: float | None = None
+) -> tuple[dict, dict[str, list[dict]]]:
     """The verdict on `measure`'s stats and the eval-mode minus train-mode gap (None: not measured).
+
+    `precise_gap`: the same gap with every BN layer's running statistics recomputed over the training batches
+    (Precise BN, on a copy of the model), when measured (`diagnose` does; bnlab's runs do not pass it). A gap that
+    Precise BN closes (to within the threshold and by more than half) is a stale EMA even when no single layer's
+    running statistics are far off: small per-layer discrepancies add up over many layers.
 
     Returns (row, found): flat `health/*` metrics, and per cause ("collapsed_variance", "stale_ema",
     "batch_composition") the layers (with channels and figures) that show it."""
@@ -274,6 +281,10 @@ def judge(stats: dict[str, dict], gap: float | None, cfg: HealthConfig) -> tuple
         ]
     if gap is not None and gap > cfg.gap_threshold:
         stale = sorted((n for n, s in stats.items() if _stale(s, cfg)), key=lambda n: -stats[n]["stale_max_z"])
+        if not stale and precise_gap is not None and precise_gap <= cfg.gap_threshold and precise_gap < gap / 2:
+            # Precise BN closes the gap, yet no layer is far off on its own: name the most discrepant layers
+            score = {n: s.get("stale_max_z", 0) + s.get("stale_max_log_var", 0) for n, s in stats.items()}
+            stale = sorted(stats, key=lambda n: -score[n])
         composed = sorted(
             (n for n, s in stats.items() if s.get("composition", 0) > cfg.composition_threshold),
             key=lambda n: -stats[n]["composition"],
@@ -285,6 +296,7 @@ def judge(stats: dict[str, dict], gap: float | None, cfg: HealthConfig) -> tuple
                     "channels": stats[n]["stale_channels"],
                     "stale_mean_z": stats[n]["stale_mean_z"],
                     "stale_mean_log_var": stats[n]["stale_mean_log_var"],
+                    **({"precise_gap": precise_gap} if precise_gap is not None else {}),
                 }
                 for n in stale[:3]
             ]
