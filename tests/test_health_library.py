@@ -4,8 +4,12 @@ plain training loop (BNHealthHook) and Lightning (BNHealthCallback)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnlab import CONF_DIR
+from bnlab import CONF_DIR, REPO_ROOT
 from bnlab.diagnostics import BNHealthHook, HealthConfig, HealthInputError, diagnose
 from bnlab.norm.batchnorm import BatchNorm2d as BnlabBatchNorm2d
 from bnlab.norm.renorm import BatchRenorm2d
@@ -347,3 +351,17 @@ def test_lightning_callback_in_a_trainer(tmp_path):
     )  # fmt: skip
     trainer.fit(Module(), loader)
     assert cb.hook is not None and cb.hook.last is not None and cb.hook._fired == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
+def test_the_forum_example_runs(tmp_path):
+    """examples/diagnose_foreign_model.py end to end, shortened (the README shows its full 1200-step output)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "diagnose_foreign_model.py"), "--steps", "30",
+         "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "blocks.3.bn_dw" in proc.stdout and json.loads((tmp_path / "r.json").read_text())["layers"]
