@@ -84,12 +84,12 @@ test-slow: install data  ## only the slow end-to-end tests
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 lint: install  ## ruff check + format check
-	$(BIN)/ruff check src tests scripts experiments
-	$(BIN)/ruff format --check src tests scripts experiments
+	$(BIN)/ruff check src tests scripts experiments examples
+	$(BIN)/ruff format --check src tests scripts experiments examples
 
 format: install
-	$(BIN)/ruff check --fix src tests scripts experiments
-	$(BIN)/ruff format src tests scripts experiments
+	$(BIN)/ruff check --fix src tests scripts experiments examples
+	$(BIN)/ruff format src tests scripts experiments examples
 
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)

@@ -59,9 +59,12 @@ def test_healthy_run_is_quiet_and_denormal_running_var_is_flagged_with_layer_and
     assert event["layers"] == [{**event["layers"][0], "layer": name, "channels": [1, 3]}]
     assert name in monitor.describe() and "collapsed variance" in monitor.describe()
 
-    cli_main(["health", summary["run_dir"], "--batches", "2"])  # on the saved (healthy) checkpoint
+    out_json = Path(summary["run_dir"]) / "health.json"
+    cli_main(["health", summary["run_dir"], "--batches", "2", "--json", str(out_json)])  # the saved (healthy) one
     out = capsys.readouterr().out
     assert "BN health: no event" in out and name in out
+    saved = json.loads(out_json.read_text())
+    assert saved["events"] == [] and saved["gap_kind"] == "loss" and name in saved["layers"]
 
 
 # --- hand-built cases: one BN layer, a read-out, batches of 16 images of 2 channels x 4 x 4 -------------------

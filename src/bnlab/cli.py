@@ -103,9 +103,50 @@ def cmd_sync(args) -> None:
 
 
 def cmd_health(args) -> None:
-    from bnlab.diagnostics.report import health_report
+    target = Path(args.target)
+    if args.model is None:
+        if args.data or args.images:
+            sys.exit("error: --data/--images are for a model bnlab did not build: give it with --model module:callable")
+        if target.is_file():
+            sys.exit(
+                f"error: {target} is a file: a bnlab run directory is expected, or pass the model that the checkpoint "
+                "belongs to with --model module:callable (and --data module:callable or --images DIR)"
+            )
+        from bnlab.diagnostics.report import health_report
 
-    print(health_report(Path(args.run_dir), args.overrides, args.batches))
+        print(health_report(target, args.overrides, args.batches, Path(args.json) if args.json else None))
+        return
+    from bnlab.diagnostics.diagnose import HealthInputError
+    from bnlab.diagnostics.foreign import foreign_report
+
+    if args.overrides:
+        sys.exit(f"error: config overrides ({args.overrides[0]} ...) are for bnlab run directories, not --model")
+    image_options = {
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "grayscale": args.grayscale,
+        "normalize": not args.no_normalize,
+    }
+    try:
+        report, _ = foreign_report(
+            None if args.target == "-" else target,
+            args.model,
+            data=args.data,
+            images=args.images,
+            loss=args.loss,
+            device=args.device,
+            full_pickle=args.full_pickle,
+            image_options=image_options,
+            batches=args.batches,
+            val_batches=args.val_batches,
+        )
+    except HealthInputError as e:
+        sys.exit(f"error: {type(e).__name__}: {e}")
+    print(f"checkpoint {args.target}, model {args.model}")
+    print(report.text())
+    if args.json:
+        report.to_json(args.json)
+        print(f"report written to {args.json}")
 
 
 def cmd_report(args) -> None:
@@ -159,10 +200,30 @@ def main(argv: list[str] | None = None) -> None:
                 help="also collect runs outside the study's sweep grid, each set labelled as its own `variant`",
             )
         s.set_defaults(fn=fn)
-    h = sub.add_parser("health", help="BN health report of a run's saved checkpoint on its (or given) data")
-    h.add_argument("run_dir", help="a run directory (holding config.yaml and checkpoint.pt)")
-    h.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.val_subset=5000")
+    h = sub.add_parser(
+        "health",
+        help="BN health report of a saved checkpoint: a bnlab run's, or any model's with --model",
+        description="BN health report of a bnlab run directory (its config, checkpoint and data), or of any "
+        "model's checkpoint: bnlab health ckpt.pt --model mypkg.nets:build --data mypkg.data:batches "
+        "(or --images DIR) [--json out.json]",
+    )
+    h.add_argument("target", help="a run directory (config.yaml, checkpoint.pt), or with --model a checkpoint file "
+                   "('-': the model's own weights, no checkpoint)")  # fmt: skip
+    h.add_argument("overrides", nargs="*", help="config overrides for a run's data, e.g. data.val_subset=5000")
     h.add_argument("--batches", type=int, default=8, help="training batches to measure batch statistics on")
+    h.add_argument("--val-batches", type=int, default=8, help="validation batches (with --model)")
+    h.add_argument("--json", default=None, help="also write the report, every figure per layer and channel, as JSON")
+    g = h.add_argument_group("a model bnlab did not build")
+    g.add_argument("--model", default=None, help="module:callable (or file.py:callable) returning the nn.Module")
+    g.add_argument("--data", default=None, help="module:callable returning (train_batches, val_batches)")
+    g.add_argument("--images", default=None, help="an image folder: DIR/train and DIR/val (or DIR for both)")
+    g.add_argument("--loss", default=None, help="cross_entropy, mse or module:callable; default: compare outputs")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--full-pickle", action="store_true", help="allow a pickled model/objects (trusted files only)")
+    g.add_argument("--batch-size", type=int, default=32, help="--images: images per batch")
+    g.add_argument("--image-size", type=int, default=None, help="--images: resize and center-crop to this size")
+    g.add_argument("--grayscale", action="store_true", help="--images: one channel")
+    g.add_argument("--no-normalize", action="store_true", help="--images: no ImageNet mean/std normalization")
     h.set_defaults(fn=cmd_health)
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))
