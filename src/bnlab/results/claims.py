@@ -21,7 +21,11 @@ class ClaimFileError(ValueError):
     """A claim file with a missing or bad field: names the file and the field."""
 
     def __init__(self, path: Path, field: str, problem: str):
+        self.path, self.field, self.problem = path, field, problem
         super().__init__(f"{path}: field '{field}': {problem}")
+
+    def __reduce__(self):  # picklable (the default would call __init__ with the message alone)
+        return type(self), (self.path, self.field, self.problem)
 
 
 @dataclass(frozen=True)
