@@ -101,6 +101,20 @@ class RunDir:
         finally:
             os.close(fd)  # closing releases the flock
 
+    def is_locked(self) -> bool:
+        """True while a live process holds <run_dir>/.lock (the run is training now); never creates anything."""
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def summary(self) -> dict | None:
         return read_json(self.summary_path)
 
