@@ -9,11 +9,15 @@ without training: job, state (completed / to do / interrupted / running / failed
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
+
+from bnlab.train.finetune import SWEEP_PLAN_ENV
 
 EXIT_CONFIG = 2  # bad input (a config error, a missing dataset, a corrupt checkpoint): nothing trained
 
@@ -25,6 +29,8 @@ class Job:
     run_dir: Path | None = None
     state: str | None = None  # completed | diverged | failed | running | interrupted | to do
     arm: str | None = None
+    seed: int | None = None
+    preset: str | None = None
     depends_on: str | None = None  # finetune.from=arm:<name>
     error: str | None = None  # why this job's config is refused
 
@@ -84,7 +90,7 @@ def plan_jobs(master: DictConfig, config_loader) -> list[Job]:
             continue
         job.run_dir = RunDir.for_config(cfg).root
         job.state = run_state(job.run_dir)
-        job.arm = cfg.get("arm")
+        job.arm, job.seed, job.preset = cfg.get("arm"), cfg.get("seed"), cfg.get("preset")
         source = str((cfg.get("finetune") or {}).get("from") or "")
         job.depends_on = source[4:] if source.startswith("arm:") else None
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
@@ -147,4 +153,8 @@ def check_sweep(master: DictConfig) -> list[Job]:
                 file=sys.stderr,
             )
             sys.exit(EXIT_CONFIG)
+    # jobs that fine-tune another arm's run find (and wait for) it through this, under any launcher
+    os.environ[SWEEP_PLAN_ENV] = json.dumps(
+        [{"arm": j.arm, "seed": j.seed, "preset": j.preset, "run_dir": str(j.run_dir)} for j in jobs if j.arm]
+    )
     return jobs
