@@ -138,3 +138,21 @@ def test_finetune_arms_wait_for_their_source_under_joblib(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     statuses = [s for _, s, _ in run_statuses(tmp_path / "runs" / "ten_ways")]
     assert statuses == ["completed", "completed"]
+
+
+def test_a_status_probe_never_makes_a_starting_run_skip_itself(tmp_path):
+    """is_locked takes the lock shared for an instant; a run taking it at that instant retries instead of
+    concluding that another process trains it."""
+    import fcntl
+    import threading
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    (rd.root / ".lock").touch()
+    fd = os.open(rd.root / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe in progress
+    threading.Timer(0.15, lambda: os.close(fd)).start()
+    with rd.locked() as owned:
+        assert owned
+        assert rd.is_locked()
+    assert not rd.is_locked()
