@@ -103,8 +103,8 @@ def test_bad_input(tmp_path, name, kind, args, env, code, fragment):
     if fragment is not None:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if fragment in ln]
         assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    if code == 2 and kind == TRAIN:  # refused before training: no run directory holds anything
-        assert not list((tmp_path / "runs").glob("*/*/metrics.csv"))
+    if code == 2 and kind == TRAIN:  # refused before training: no run directory was made
+        assert not list((tmp_path / "runs").glob("*/*/config.yaml"))
 
 
 def test_device_cuda_without_cuda_is_refused(tiny_cfg):

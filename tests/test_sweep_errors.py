@@ -14,6 +14,7 @@ import pytest
 
 from bnlab.cli import main as cli_main
 from bnlab.config_errors import ConfigError
+from bnlab.plan import run_state
 from bnlab.sweep import run_statuses
 from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
@@ -127,6 +128,7 @@ def test_finetune_arm_without_its_source_is_recorded_and_retried(tmp_path):
     assert status == "failed" and "no completed run of arm 'bn'" in reason  # `bnlab status` shows it
     with pytest.raises(ConfigError):  # tried again (nothing was trained), not skipped as "already failed"
         run(cfg)
+    assert run_state(rd.root) == "to do"  # what `bnlab plan` shows for it
 
 
 @pytest.mark.slow

@@ -69,6 +69,8 @@ def run_state(run_dir: Path) -> str:
     if rd.is_locked():
         return "running"
     status = rd.status()
+    if status == "failed" and (rd.summary() or {}).get("blocked"):  # waited for another arm: retried, as new
+        return "to do"
     if status in ("completed", "diverged", "failed"):
         return status
     return "interrupted" if rd.checkpoint.exists() else "to do"

@@ -237,7 +237,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     try:
         job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
     except ConfigError as e:
-        if e.key == "finetune.from" and rank.main:  # another run it depends on: shown by `bnlab status`
+        source = str((cfg.get("finetune") or {}).get("from") or "")
+        if e.key == "finetune.from" and source.startswith("arm:") and rank.main:  # another arm's run: recorded
             _record_blocked(cfg, rd, e)
         raise
     with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
