@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 import hydra
@@ -73,7 +74,7 @@ def report(e: BaseException) -> int:
         return EXIT_BAD_INPUT
     if isinstance(e, CompactHydraException):  # Hydra's own: a misspelt key, an unknown config group option
         cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
-        print(f"error: {e}{cause}".replace("\n", "; "), file=sys.stderr)
+        print(re.sub(r"\s*\n\s*", "; ", f"error: {e}{cause}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
         print(f"error: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
