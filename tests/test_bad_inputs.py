@@ -25,6 +25,7 @@ CASES = [
     ("channels-last-yes", TRAIN, "train.channels_last=yes", {}, 2, "config key 'train.channels_last'"),
     ("ghost-val-tail", TRAIN, "data.n_test=100 norm.nbs=8 eval.modes=[running,batch]", {}, 2, "last validation batch"),
     ("seed-abc", TRAIN, "seed=abc", {}, 2, "config key 'seed'"),
+    ("device-cuda", TRAIN, "device=cuda", {}, 2, "config key 'device': 'cuda' requested but CUDA is not available"),
     ("unknown-plus-key", TRAIN, "+train.epoch=5", {}, 2, "did you mean 'train.epochs'"),
     ("unknown-plus-section", TRAIN, "+unknown.key=1", {}, 2, "config key 'unknown': unknown key"),
     ("misspelt-key", TRAIN, "train.epoch=5", {}, 2, "train.epoch"),
@@ -107,11 +108,17 @@ def test_bad_input(tmp_path, name, kind, args, env, code, fragment):
         assert not list((tmp_path / "runs").glob("*/*/config.yaml"))
 
 
-def test_device_cuda_without_cuda_is_refused(tiny_cfg):
+def test_device_cuda_without_cuda_is_refused_when_the_run_starts(tiny_cfg):
+    """Checked by run(), before anything is built, not by validate(): a GPU sweep is validated (and planned) on
+    the machine that submits it, e.g. a SLURM login node without CUDA."""
     from bnlab.config import validate
     from bnlab.config_errors import ConfigError
+    from bnlab.train.loop import run
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    validate(tiny_cfg("device=cuda", "train.autocast=fp16"))  # fine on a GPU node
     with pytest.raises(ConfigError, match="'device': 'cuda' requested but CUDA is not available"):
-        validate(tiny_cfg("device=cuda"))
+        run(tiny_cfg("device=cuda"))
+    with pytest.raises(ConfigError, match="'train.autocast': fp16 autocast is for CUDA"):
+        run(tiny_cfg("device=auto", "train.autocast=fp16"))

@@ -105,16 +105,11 @@ def check_logger(cfg) -> None:
 
 
 def check_device(cfg) -> str:
-    """The device this run will use ('auto' resolved); a CUDA device without CUDA fails here, named."""
-    import torch
-
+    """The device key's value. Whether this machine has CUDA is checked when the run starts (train.build's
+    resolve_device), not here: a sweep for GPUs is validated on the machine that submits it (a SLURM login node)."""
     device = str(cfg.get("device", "auto"))
     if not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ConfigError("device", f"got {device!r}", allowed=("auto", "cpu", "cuda", "cuda:N"))
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", f"{device!r} requested but CUDA is not available here", allowed=("auto", "cpu"))
     return device
 
 
@@ -124,7 +119,7 @@ def validate(cfg: DictConfig) -> None:
     from bnlab.models import MODELS
     from bnlab.norm import NORMS, validate_norm
     from bnlab.train.evaluate import EVAL_MODES
-    from bnlab.train.fast import check_fast_settings
+    from bnlab.train.fast import check_fast_settings, fast_settings
     from bnlab.train.finetune import validate_finetune
     from bnlab.train.losses import LOSSES
     from bnlab.train.optim import OPTIMIZERS, SCHEDULES
@@ -164,7 +159,10 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "data.train_subset", allow_none=True)
     _positive_int(cfg, "data.val_subset", allow_none=True)
     _one_of(cfg.data.get("val_source", "test"), "data.val_source", ("test", "holdout"))
-    check_fast_settings(cfg.train, check_device(cfg))  # train.channels_last / autocast / compile for this device
+    device = check_device(cfg)
+    fast_settings(cfg.train)  # train.channels_last / autocast / compile values
+    if device == "cpu":  # and what an explicit CPU run cannot do (an `auto` run is checked when it starts)
+        check_fast_settings(cfg.train, device)
     validate_finetune(cfg)  # finetune.* (train/finetune.py)
     validate_norm(cfg)  # norm.nbs against the batch sizes, BRN schedule, precise-BN samples
     validate_data_config(cfg)  # data keys, imbalance, sampler k x m vs batch sizes, eval sampler

@@ -23,7 +23,7 @@ from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
-from bnlab.train.fast import prepare_training_model
+from bnlab.train.fast import check_fast_settings, prepare_training_model
 from bnlab.train.launch import launch_ranks
 from bnlab.train.outcome import Diverged, Outcome, recorded
 from bnlab.train.run_dir import RunDir, run_id
@@ -232,7 +232,8 @@ def run(cfg, raise_on_failure: bool = True, tags: list[str] | None = None) -> di
     rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
     if _already_done(cfg, rd):
         return rd.summary()
-    device = device_for(resolve_device(str(cfg.device)), rank)
+    device = device_for(resolve_device(str(cfg.device)), rank)  # a CUDA device without CUDA: ConfigError here
+    check_fast_settings(cfg.train, device)  # fp16 autocast on a CPU, before anything is built
     seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
     try:
         job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
