@@ -25,7 +25,7 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench bench-norm sweep pilot collect figures report status sync need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm plan check-sweep-vars sweep pilot collect figures report status sync need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -100,7 +100,17 @@ bench: install data  ## every performance table (norms, training img/s, overhead
 need-exp:
 	@test -n "$(EXP)" || { echo "usage: make $(MAKECMDGOALS) EXP=<study>  (studies: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
 
-sweep: install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
+LAUNCHERS := basic joblib submitit_local slurm
+check-sweep-vars:  # a misspelt LAUNCHER or RETRY_FAILED would otherwise run a different sweep without a word
+	@test -n "$(filter $(LAUNCHERS),$(LAUNCHER))" -a "$(words $(LAUNCHER))" = 1 || \
+		{ echo "error: LAUNCHER=$(LAUNCHER) is not a launcher (allowed: $(LAUNCHERS))"; exit 2; }
+	@test "$(RETRY_FAILED)" = 0 -o "$(RETRY_FAILED)" = 1 || \
+		{ echo "error: RETRY_FAILED=$(RETRY_FAILED) (allowed: 0, 1)"; exit 2; }
+
+plan: check-sweep-vars install need-exp  ## a sweep's jobs, run directories and state (done / to do / failed / running), no training
+	$(BIN)/bnlab plan experiment=$(EXP) scale=$(SCALE) $(retry_$(RETRY_FAILED)) $(ARGS)
+
+sweep: check-sweep-vars install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
 
 # a pilot tunes a setting (lr, schedule, thresholds) before a study's runs: scored on a split held out from the

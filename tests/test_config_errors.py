@@ -52,3 +52,29 @@ def test_corrupt_checkpoint_is_reported_by_path(tiny_cfg):
     with pytest.raises(CheckpointError) as err:
         run(cfg)
     assert str(rd.checkpoint) in str(err.value) and "train.resume=false" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, env, key, hint",
+    [
+        (["seed=abc"], {}, "seed", "non-negative integer"),
+        (["+train.epoch=5"], {}, "train.epoch", "did you mean 'train.epochs'"),
+        (["+unknown.key=1"], {}, "unknown", "unknown key"),
+        (["train.channels_last=yes"], {}, "train.channels_last", "true or false"),
+        (["train.autocast=fp16", "device=cpu"], {}, "train.autocast", "use bf16 on CPU"),
+        (["data=synthetic", "data.n_test=100", "data.val_subset=null", "norm.nbs=8"], {}, "norm.nbs", "validation"),
+        ([], {"WANDB_MODE": "bogus"}, "logger.mode", "WANDB_MODE='bogus'"),
+        (["logger=wandb", "logger.mode=online"], {"WANDB_MODE": None}, "logger.mode", "W&B API key"),
+    ],
+)
+def test_checked_before_training(tiny_cfg, tmp_path, monkeypatch, overrides, env, key, hint):
+    """Issue 22: each was found only inside training (or not at all); validate() now names the key."""
+    from bnlab.config import validate
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a W&B key
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for k, v in env.items():
+        monkeypatch.delenv(k, raising=False) if v is None else monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as err:
+        validate(tiny_cfg(*overrides))
+    assert err.value.key == key and hint in str(err.value)

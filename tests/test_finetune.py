@@ -99,5 +99,5 @@ def test_finetune_config_errors_and_unchanged_hashes(tiny_cfg, tmp_path):
     assert run_id(cfg) == run_id(old)
     missing = tiny_cfg("finetune.from=arm:nothing")
     data = build_data(missing)
-    with pytest.raises(FileNotFoundError, match="no completed run of arm 'nothing'"):
+    with pytest.raises(ConfigError, match="finetune.from.*no completed run of arm 'nothing'"):
         prepare_finetune(_model(missing, data), missing, data)

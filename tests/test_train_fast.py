@@ -117,3 +117,18 @@ def test_compiled_training_step_matches_eager_and_eval_stays_eager(tiny_cfg):
     model.eval(), ref.eval()
     with torch.no_grad():  # evaluation uses the eager module (inductor's eval-mode BN folding is avoided)
         torch.testing.assert_close(model(x), ref(x), atol=1e-4, rtol=1e-3)
+
+
+def test_fast_forward_passes_domain_ids_to_the_model():
+    """Separate BN takes (x, domain ids); the fast paths passed only x (bf16 + norm=separate crashed, issue 22)."""
+    from bnlab.train.fast import FastForward
+
+    class TakesDomains(torch.nn.Module):
+        def forward(self, x, domains):
+            return x.flatten(1)[:, :10] + domains[:, None].to(x.dtype)
+
+    x, _ = _data(4)
+    domains = torch.tensor([0, 1, 0, 1])
+    for channels_last, autocast in ((True, None), (False, "bf16")):
+        out = FastForward(TakesDomains(), channels_last, autocast, "cpu")(x, domains)
+        assert out.dtype == torch.float32 and torch.allclose(out, x.flatten(1)[:, :10] + domains[:, None], atol=0.1)

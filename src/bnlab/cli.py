@@ -1,6 +1,7 @@
 """bnlab: everything after training, from run directories to tables, figures, a report and BN health.
 
-collect, figures, status, sync (per study), health (one run's checkpoint), report (every committed study).
+plan (a sweep's jobs, no training), collect, figures, status, sync (per study), health (one run's checkpoint), report
+(every committed study). Bad input (an unknown study, a missing run, nothing collected yet) is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def cmd_collect(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from bnlab.results.analysis import analyze
+    from bnlab.results.analysis import analyze, load_study_module
+
+    out = _results_dir(args)
+    if not hasattr(load_study_module(args.study), "analyze_without_runs") and not (out / "runs.csv").exists():
+        raise UsageError(f"no collected results in {out} (no runs.csv): run `bnlab collect {args.study}` first")
 
     out = _results_dir(args)
     for path in analyze(args.study, out, args.preset):
@@ -83,6 +88,14 @@ def cmd_figures(args) -> None:
 
 def cmd_status(args) -> None:
     from bnlab.sweep import status_report
+
+    study_dir = Path(args.runs) / args.study
+    if not study_dir.is_dir():
+        present = sorted(p.name for p in Path(args.runs).iterdir() if p.is_dir()) if Path(args.runs).is_dir() else []
+        raise UsageError(
+            f"no study {args.study!r} under {args.runs}/ (studies: {', '.join(studies())}; "
+            f"run folders there: {', '.join(present) or 'none'})"
+        )
 
     print(status_report(Path(args.runs) / args.study))
 
@@ -154,6 +167,13 @@ def cmd_report(args) -> None:
     from bnlab.results.claims import claim_rows, update_readme, verdict_text
     from bnlab.results.report import build_report
 
+    results = Path(args.results)
+    if not results.is_dir() or not any(p.suffix in (".png", ".md") for p in results.rglob("*")):
+        print(
+            f"warning: no tables or figures under {results}: the report holds only the claims table "
+            "(its verdicts are the committed ones, not computed from these results)",
+            file=sys.stderr,
+        )
     experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
     for claim, studies in claim_rows(experiments):
         print(f"{claim.id}: {claim.text}")
@@ -164,6 +184,30 @@ def cmd_report(args) -> None:
         if not studies:
             print("  no study yet")
     print(build_report(Path(args.results), Path(args.output), experiments))
+
+
+class UsageError(Exception):
+    """Bad input to a bnlab command: reported as one line, exit 2."""
+
+
+def cmd_plan(args) -> None:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from bnlab import CONF_DIR
+    from bnlab.plan import format_plan, plan_jobs
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            config_name="train", overrides=list(args.overrides), run_mode=RunMode.MULTIRUN
+        )
+        jobs = plan_jobs(master, loader)
+    retry = any(o in ("train.retry_failed=true", "train.retry_failed=True") for o in args.overrides)
+    print(format_plan(jobs, retry_failed=retry))
+    if any(j.error for j in jobs):
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,13 +274,29 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
     r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
+    pl = sub.add_parser(
+        "plan",
+        help="a sweep's jobs, their run directories and state (completed / to do / failed / running), no training",
+        description="Expand a sweep exactly as `python -m bnlab.train -m OVERRIDES` would, check every job's config "
+        "and list job, state, what the sweep would do, run directory and swept values; nothing is trained. "
+        "Exit 2 if any job is invalid. E.g. `bnlab plan experiment=nbs scale=cpu` (= `make plan EXP=nbs`).",
+    )
+    pl.add_argument("overrides", nargs="*", help="the sweep's Hydra overrides, as given to `-m`")
+    pl.set_defaults(fn=cmd_plan)
     args = p.parse_args(argv)
     if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)
         if study != args.study:
             print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")
             args.study = study
-    args.fn(args)
+    from bnlab.config_errors import ConfigError
+    from bnlab.train.checkpoint import CheckpointError
+
+    try:
+        args.fn(args)
+    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ from collections.abc import Iterable
 
 class ConfigError(ValueError):
     def __init__(self, key: str, problem: str, allowed: Iterable | None = None):
-        self.key = key
+        self.key, self.problem = key, problem
+        self.allowed = None if allowed is None else list(allowed)
         msg = f"config key '{key}': {problem}"
-        if allowed is not None:
-            msg += f" (allowed: {', '.join(map(str, allowed))})"
+        if self.allowed is not None:
+            msg += f" (allowed: {', '.join(map(str, self.allowed))})"
         super().__init__(msg)
+
+    def __reduce__(self):  # pickled by its arguments: a launcher's worker (joblib, submitit) sends it back whole
+        return type(self), (self.key, self.problem, self.allowed)

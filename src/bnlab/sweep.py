@@ -1,4 +1,5 @@
-"""Sweep support for Hydra multiruns: a callback that prints what a sweep left on disk when it ends.
+"""Sweep support for Hydra multiruns: a callback that checks every job before the first starts (bnlab.plan) and
+prints what a sweep left on disk when it ends.
 
 Resuming needs no code here: every job's run directory is named by its config hash, so re-launching the same
 sweep skips completed runs, resumes interrupted ones from their checkpoints and reruns failed ones only with
@@ -18,15 +19,18 @@ from bnlab.train.run_dir import RunDir
 
 
 def run_statuses(study_dir: Path) -> list[tuple[RunDir, str, str | None]]:
-    """(run, status, reason) for every run directory of a study, read from its own files (as collect does): no
-    summary means interrupted (a checkpoint is kept) or incomplete."""
+    """(run, status, reason) for every run directory of a study, read from its own files (as collect does): a held
+    run lock means running (a live process trains it now); otherwise no summary means interrupted (a checkpoint is
+    kept) or incomplete."""
     if not study_dir.is_dir():
         return []
     out = []
     for path in sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
         rd = RunDir(path)
         summary = rd.summary()
-        if summary:
+        if rd.is_locked():
+            out.append((rd, "running", None))
+        elif summary:
             out.append((rd, summary.get("status"), summary.get("reason")))
         else:
             out.append((rd, "interrupted" if rd.checkpoint.exists() else "incomplete", None))
@@ -55,8 +59,12 @@ def command_line_sweeps(overrides: list[str]) -> list[str]:
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Hand the command line's swept keys to the jobs (W&B tags and names: wandb_logger.run_labels); the
-        environment reaches every launcher's workers (same process, joblib, submitit, SLURM's --export=ALL)."""
+        """Every job's config is checked here, in the launching process, before the first job starts; the command
+        line's swept keys are handed to the jobs (W&B tags and names: wandb_logger.run_labels) through the
+        environment, which reaches every launcher's workers (same process, joblib, submitit, SLURM's --export=ALL)."""
+        from bnlab.plan import check_sweep
+
+        check_sweep(config)
         os.environ["BNLAB_SWEPT_KEYS"] = ",".join(command_line_sweeps(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

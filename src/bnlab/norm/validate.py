@@ -90,15 +90,33 @@ def _check_partial_batches(cfg, nbs: int, train_bs: int, eval_bs: int) -> None:
                 f"does not divide; use a multiple of {nbs}",
             )
     val_subset = cfg.data.get("val_subset")
+    if _is_int(val_subset):
+        _check_val_tail(cfg, nbs, eval_bs, val_subset, f"data.val_subset={val_subset}")
+    elif cfg.data.get("name") == "synthetic" and cfg.data.get("val_source", "test") == "test":
+        n_test = cfg.data.get("n_test")  # the validation set is the n_test images
+        if _is_int(n_test):
+            _check_val_tail(cfg, nbs, eval_bs, n_test, f"data.n_test={n_test}")
+
+
+def _check_val_tail(cfg, nbs: int, eval_bs: int, n_val: int, source: str) -> None:
+    modes = cfg.eval.get("modes", [])
     sequential = (cfg.eval.get("sampler") or {}).get("name", "sequential") == "sequential"
-    tail = val_subset % eval_bs if _is_int(val_subset) else 0
+    tail = n_val % eval_bs
     if sequential and any(m in BATCH_EVAL_MODES for m in modes) and nbs <= eval_bs and tail % nbs:
         raise ConfigError(
             "norm.nbs",
-            f"nbs={nbs} does not divide the last validation batch of {tail} (data.val_subset={val_subset} "
+            f"nbs={nbs} does not divide the last validation batch of {tail} ({source} validation images "
             f"% eval.batch_size={eval_bs}), which batch-statistics evaluation normalizes in Ghost groups; make "
-            f"data.val_subset a multiple of eval.batch_size or of {nbs}",
+            f"the validation set (data.val_subset) a multiple of eval.batch_size or of {nbs}",
         )
+
+
+def check_val_size(cfg, n_val: int | None) -> None:
+    """The same check once the data is built and the validation set's size is known (any dataset)."""
+    nbs = cfg.norm.get("nbs") if cfg.norm.get("name") in ("batch", "renorm") else None
+    if _is_int(nbs) and _is_int(n_val):
+        eval_bs = int(cfg.eval.get("batch_size") or cfg.train.batch_size)
+        _check_val_tail(cfg, nbs, eval_bs, n_val, f"{n_val}")
 
 
 def validate_norm(cfg) -> None:

@@ -31,6 +31,13 @@ class ClaimFileError(ValueError):
         path, field_name, problem = self.args
         return f"{path}: field '{field_name}': {problem}"
 
+    path = property(lambda self: self.args[0])
+    field = property(lambda self: self.args[1])
+    problem = property(lambda self: self.args[2])
+
+    def __reduce__(self):  # picklable (the default would call __init__ with the message alone)
+        return type(self), (self.path, self.field, self.problem)
+
 
 @dataclass(frozen=True)
 class Claim:

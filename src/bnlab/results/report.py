@@ -158,8 +158,6 @@ def build_report(results_root: Path, output: Path, experiments_dir: Path | None 
     claims = ""
     if rows:
         claims = "<h2>Claims</h2>" + claims_table(rows, Path(experiments_dir), output.parent.resolve(), anchored)
-    if not folders:
-        print(f"[bnlab] warning: {results_root} holds no tables or figures; the report shows the claims only")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>bnlab results</title><style>{CSS}</style>"
         f"</head><body><h1>bnlab results</h1>{claims}{''.join(sections) or '<p>No results yet.</p>'}</body></html>"

@@ -1,8 +1,16 @@
-"""Hydra entry point for one run: `python -m bnlab.train [overrides]` (config: conf/train.yaml)."""
+"""Hydra entry point for one run: `python -m bnlab.train [overrides]` (config: conf/train.yaml).
+
+Exit codes, the same for a single run and for a sweep under any launcher (basic, joblib, submitit_local):
+0 every run completed (or was already), 1 a run failed (its traceback in the run's error.txt) or a file could not be
+written, 2 bad input (a config key, a missing dataset, a corrupt checkpoint; one line naming it, nothing trained),
+3 a single run diverged (recorded in its summary.json; a sweep goes on and lists it in its summary).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 
 import hydra
@@ -16,9 +24,30 @@ from bnlab.data.errors import DatasetNotFoundError
 from bnlab.train.checkpoint import CheckpointError
 from bnlab.train.outcome import TERMINATED_EXIT, Terminated
 
+USER_ERRORS = (ConfigError, DatasetNotFoundError, CheckpointError)  # bad input: one line, exit 2
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
+# the file system refused a write (disk full, read-only, no permission, quota): one line naming the file, exit 1
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
+
+def _single_run_outcome(summary: dict) -> None:
+    """A single run says how it ended: diverged (exit 3) or recorded failed earlier (exit 1)."""
+    status, reason = summary.get("status"), summary.get("reason")
+    where = summary.get("run_dir", "")
+    if status == "diverged":
+        print(f"[bnlab] diverged: {reason} (recorded in {where}/summary.json)", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    if status == "failed":
+        print(
+            f"error: {where} is recorded as failed ({reason}); see its error.txt, rerun it with "
+            "train.retry_failed=true",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_FAILED)
+
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def task(cfg: DictConfig) -> float | None:
     from bnlab.train.loop import run
     from bnlab.train.wandb_logger import run_labels
 
@@ -26,15 +55,18 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     labels = run_labels(cfg, list(hydra_cfg.overrides.task), swept_keys(hydra_cfg) if multirun else None)
     try:
-        summary = run(cfg, raise_on_failure=not multirun, labels=labels)
+        if multirun:  # a job's error is raised to the launching process (picklable), which reports it as below
+            summary = run(cfg, raise_on_failure=False, labels=labels)
+        else:
+            try:
+                summary = run(cfg, raise_on_failure=True, labels=labels)
+            except USER_ERRORS as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(EXIT_BAD_INPUT)
+            _single_run_outcome(summary or {})
     except Terminated:  # SIGTERM: W&B flushed, last checkpoint kept; the same command (or a requeue) resumes
         print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume", flush=True)
         sys.exit(TERMINATED_EXIT)
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
-        if multirun:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     final = (summary or {}).get("final", {})
     return final.get("val_err_running")
 
@@ -45,6 +77,45 @@ def swept_keys(hydra_cfg) -> list[str]:
     keys = list((hydra_cfg.sweeper.get("params") or {}).keys())
     keys += [k for k in os.environ.get("BNLAB_SWEPT_KEYS", "").split(",") if k]
     return list(dict.fromkeys(keys))
+
+
+def report(e: BaseException) -> int:
+    """One line for an error a user can fix, the exit code; None for anything else (a bug: keep its traceback)."""
+    from hydra.errors import CompactHydraException
+
+    if isinstance(e, USER_ERRORS):
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if isinstance(e, CompactHydraException):  # Hydra's own: a misspelt key, an unknown config group option
+        cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
+        print(re.sub(r"\s*\n\s*", "; ", f"error: {e}{cause}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        print(f"error: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
+    return None
+
+
+def main() -> None:
+    """Run Hydra with its error report turned off, so that an error raised by a sweep's job (sent back by the
+    joblib or submitit worker) is reported here the way a single run reports it; HYDRA_FULL_ERROR=1 in the
+    environment keeps Hydra's full traceback for everything."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        task()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing (hydra._internal.utils.run_and_report)
+    try:
+        task()
+    except Exception as e:  # noqa: BLE001 - reported in one line when it is the user's to fix
+        code = report(e)
+        if code is None:
+            import traceback
+
+            traceback.print_exc()
+            code = EXIT_FAILED
+        sys.exit(code)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from bnlab.config_errors import ConfigError
 from bnlab.data import DataBundle, build_data
 from bnlab.models import build_model
 from bnlab.norm import attach_norm_inputs, build_norm
+from bnlab.norm.validate import check_val_size
 from bnlab.train.accumulate import optimizer_steps
 from bnlab.train.finetune import prepare_finetune
 from bnlab.train.losses import build_loss
@@ -34,12 +36,13 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} requested but CUDA is not available (use device=cpu or auto)")
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available here", allowed=("auto", "cpu"))
     return name
 
 
 def build(cfg, device: str = "cpu") -> Built:
     data = build_data(cfg, device)
+    check_val_size(cfg, data.info.get("n_val"))  # Ghost groups of the last validation batch, now its size is known
     model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes).to(device)
     attach_norm_inputs(model, cfg, data)  # domain ids, Virtual BN's reference batch -> norm layers (norm/attach.py)
     finetuned = prepare_finetune(model, cfg, data)  # before the optimizer: Frozen BN replaces parameters

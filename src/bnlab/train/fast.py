@@ -54,13 +54,13 @@ class FastForward(nn.Module):
         self.model = model
         self.channels_last, self.autocast, self.device_type = channels_last, autocast, device_type
 
-    def forward(self, x):
+    def forward(self, x, *extra):  # extra: what the model takes after x (per-sample domain ids, data/domains.py)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.autocast is None:
-            return self.model(x)
+            return self.model(x, *extra)
         with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.autocast]):
-            out = self.model(x)
+            out = self.model(x, *extra)
         return out.float()  # the loss in float32
 
 

@@ -15,6 +15,9 @@ that arm, seed and preset (how a sweep names a run trained earlier in the same s
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -39,28 +42,59 @@ def validate_finetune(cfg) -> None:
         raise ConfigError("finetune.from", f"must be a run directory, a checkpoint or arm:<name>, got {source!r}")
 
 
-def _run_of_arm(cfg, arm: str) -> Path:
-    study_dir = Path(cfg.out_dir) / str(cfg.study)
+SWEEP_PLAN_ENV = "BNLAB_SWEEP_PLAN"  # set by a sweep's up-front check (bnlab.plan): every job's arm and run dir
+DEPENDENCY_WAIT_ENV = "BNLAB_DEPENDENCY_WAIT"  # seconds to wait for a dependency of the sweep that has not started
+
+
+def _completed_runs_of_arm(cfg, arm: str, study_dir: Path) -> list[Path]:
     found = []
     for config_path in sorted(study_dir.glob("*/config.yaml")):
         other = yaml.safe_load(config_path.read_text()) or {}
         same = (other.get("arm"), other.get("seed"), other.get("preset")) == (arm, cfg.seed, cfg.get("preset"))
         if same and (read_json(config_path.parent / "summary.json") or {}).get("status") == "completed":
             found.append(config_path.parent)
-    if len(found) != 1:
-        what = "no completed run" if not found else f"{len(found)} completed runs ({', '.join(map(str, found))})"
-        raise FileNotFoundError(
-            f"finetune.from=arm:{arm}: {what} of arm {arm!r} with seed {cfg.seed} and preset {cfg.get('preset')} "
-            f"under {study_dir} (train that arm first)"
-        )
-    return found[0]
+    return found
+
+
+def _sweep_dependency(cfg, arm: str) -> Path | None:
+    """The run directory of `arm` (same seed and preset) when this run is a job of a sweep that also trains it."""
+    for job in json.loads(os.environ.get(SWEEP_PLAN_ENV) or "[]"):
+        if (job.get("arm"), job.get("seed"), job.get("preset")) == (arm, cfg.seed, cfg.get("preset")):
+            return Path(job["run_dir"])
+    return None
+
+
+def _run_of_arm(cfg, arm: str) -> Path:
+    """The completed run of `arm`. Under a parallel launcher the sweep's job training that arm may still be running
+    (or not started): wait for it while it runs (and up to BNLAB_DEPENDENCY_WAIT seconds, default 1800, for it to
+    start); if it failed, or no sweep job trains it, fail naming the arm."""
+    from bnlab.plan import run_state
+
+    study_dir = Path(cfg.out_dir) / str(cfg.study)
+    where = f"of arm {arm!r} with seed {cfg.seed} and preset {cfg.get('preset')} under {study_dir}"
+    deadline, told = time.time() + float(os.environ.get(DEPENDENCY_WAIT_ENV, 1800)), False
+    while True:
+        found = _completed_runs_of_arm(cfg, arm, study_dir)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ConfigError("finetune.from", f"arm:{arm}: {len(found)} completed runs {where}: {found}")
+        pending = _sweep_dependency(cfg, arm)
+        state = run_state(pending) if pending is not None else None
+        if state is None or state in ("failed", "diverged") or (state != "running" and time.time() > deadline):
+            what = f"its run {pending} is {state}" if state else "no completed run"
+            raise ConfigError("finetune.from", f"arm:{arm}: {what} {where} (train that arm first)")
+        if not told:
+            print(f"[bnlab] waiting for arm {arm!r} ({pending}, {state}) to finish", flush=True)
+            told = True
+        time.sleep(2)
 
 
 def resolve_checkpoint(cfg, source: str) -> Path:
     path = _run_of_arm(cfg, source[4:]) if source.startswith("arm:") else Path(source)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"finetune.from={source!r}: no checkpoint at {path}")
+        raise ConfigError("finetune.from", f"{source!r}: no checkpoint at {path}")
     return path
 
 

@@ -7,6 +7,7 @@ evaluate.py, BN health in diagnostics/. A multi-process run's parent only launch
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 
@@ -14,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bnlab.config import validate
+from bnlab.config_errors import ConfigError
 from bnlab.diagnostics import build_monitor
 from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.build import Built, build, resolve_device
@@ -21,7 +23,7 @@ from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
 from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
-from bnlab.train.fast import prepare_training_model
+from bnlab.train.fast import check_fast_settings, prepare_training_model
 from bnlab.train.launch import launch_ranks
 from bnlab.train.outcome import NO_GUARD, Diverged, Outcome, SigtermGuard, recorded
 from bnlab.train.run_dir import RunDir, run_id
@@ -150,8 +152,6 @@ def _finish(rd: RunDir, summary: dict, progress: Progress, monitor, logger, rank
         summary["reason"] = out.reason
     if not rank.main:
         return
-    if out.traceback:
-        atomic_write_text(rd.error, out.traceback)
     final = progress.history[-1] if progress.history else {}
     summary.update(
         status=out.status, epochs_completed=len(progress.history), step=progress.step, wall_time=progress.wall_time()
@@ -160,7 +160,12 @@ def _finish(rd: RunDir, summary: dict, progress: Progress, monitor, logger, rank
     if monitor is not None:
         summary.update(events=monitor.events, health=monitor.describe())
         print(f"[bnlab] {summary['health']}")
-    rd.write_summary(summary)
+    try:  # the disk may be full (the failure itself may be that): never hide the run's own error behind this one
+        if out.traceback:
+            atomic_write_text(rd.error, out.traceback)
+        rd.write_summary(summary)
+    except OSError as e:
+        print(f"[bnlab] could not record this run's {out.status} outcome in {rd.root}: {e}", file=sys.stderr)
     logger.summary({"status": out.status, **final})
     logger.finish(failed=out.status != "completed")
 
@@ -195,10 +200,33 @@ def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: boo
 
 def _already_done(cfg, rd: RunDir) -> bool:
     previous = rd.status()
+    if previous == "failed" and (rd.summary() or {}).get("blocked"):  # nothing trained: try again
+        return False
     if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
         print(f"[bnlab] {rd.root}: already {previous}, skipping")
         return True
     return False
+
+
+def _record_blocked(cfg, rd: RunDir, e: ConfigError) -> None:
+    """A run that could not start because a run it fine-tunes is missing or failed: recorded as failed (and
+    `blocked`, so the next sweep tries it again, as nothing was trained), so `bnlab status` lists it."""
+    with rd.locked() as owned:
+        if owned and rd.status() != "completed":
+            rd.write_config(cfg)
+            rid = run_id(cfg)
+            rd.write_summary(
+                {
+                    "run_id": rid,
+                    "study": str(cfg.study),
+                    "seed": int(cfg.seed),
+                    "run_dir": str(rd.root),
+                    "status": "failed",
+                    "reason": str(e),
+                    "blocked": True,
+                    "epochs_completed": 0,
+                }
+            )
 
 
 def run(cfg, raise_on_failure: bool = True, labels: dict | None = None) -> dict:
@@ -211,9 +239,16 @@ def run(cfg, raise_on_failure: bool = True, labels: dict | None = None) -> dict:
     rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
     if _already_done(cfg, rd):
         return rd.summary()
-    device = device_for(resolve_device(str(cfg.device)), rank)
+    device = device_for(resolve_device(str(cfg.device)), rank)  # a CUDA device without CUDA: ConfigError here
+    check_fast_settings(cfg.train, device)  # fp16 autocast on a CPU, before anything is built
     seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
-    job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
+    try:
+        job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
+    except ConfigError as e:
+        source = str((cfg.get("finetune") or {}).get("from") or "")
+        if e.key == "finetune.from" and source.startswith("arm:") and rank.main:  # another arm's run: recorded
+            _record_blocked(cfg, rd, e)
+        raise
     with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
         if not owned:
             print(f"[bnlab] {rd.root}: being trained by another process, skipping")

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +40,7 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
 
 
 _ANY = object()
+LOCK_ATTEMPTS = 5  # tries 0.1 s apart before a run concludes another process holds its lock
 
 
 def _pop(container: dict, dotted: str, only_if=_ANY) -> None:
@@ -90,16 +92,34 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            for attempt in range(LOCK_ATTEMPTS):  # a status probe (is_locked) holds it for microseconds
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == LOCK_ATTEMPTS - 1:
+                        yield False
+                        return
+                    time.sleep(0.1)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield True
         finally:
             os.close(fd)  # closing releases the flock
+
+    def is_locked(self) -> bool:
+        """True while a live process holds <run_dir>/.lock (the run is training now); never creates anything."""
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def summary(self) -> dict | None:
         return read_json(self.summary_path)

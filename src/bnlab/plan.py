@@ -1,0 +1,162 @@
+"""A sweep's jobs before any of them runs: each job's config checked, its run directory and its state.
+
+Hydra's multirun launches jobs one by one, so a bad value in job 5 used to surface after jobs 0-4 had trained.
+`check_sweep` (called by the `SweepSummary` callback when a multirun starts, in the launching process, for every
+launcher) composes every job of the sweep exactly as the launcher will, validates it, and stops the sweep with
+the first bad job's one-line error before anything trains. `bnlab plan <overrides>` prints the same table
+without training: job, state (completed / to do / interrupted / running / failed / diverged), run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict, read_write
+
+from bnlab.train.finetune import SWEEP_PLAN_ENV
+
+EXIT_CONFIG = 2  # bad input (a config error, a missing dataset, a corrupt checkpoint): nothing trained
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: list[str]
+    run_dir: Path | None = None
+    state: str | None = None  # completed | diverged | failed | running | interrupted | to do
+    arm: str | None = None
+    seed: int | None = None
+    preset: str | None = None
+    depends_on: str | None = None  # finetune.from=arm:<name>
+    error: str | None = None  # why this job's config is refused
+
+    swept: list[str] | None = None  # the overrides that differ between the sweep's jobs
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides if self.swept is None else self.swept) or "(no overrides)"
+
+
+def sweep_overrides(master: DictConfig, config_loader) -> list[list[str]]:
+    """Each job's overrides, in launch order, as Hydra's BasicSweeper expands them (grid in the config's
+    hydra.sweeper.params, then the command line's)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = master.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def job_config(master: DictConfig, config_loader, overrides: list[str]) -> DictConfig:
+    """The config a job's task function receives (as hydra.core.utils.run_job makes it: no `hydra` node)."""
+    cfg = config_loader.load_sweep_config(master, list(overrides))
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_state(run_dir: Path) -> str:
+    """A run directory's state from its own files and its lock: what a sweep would do with it."""
+    from bnlab.train.run_dir import RunDir
+
+    rd = RunDir(run_dir)
+    if rd.is_locked():
+        return "running"
+    status = rd.status()
+    if status == "failed" and (rd.summary() or {}).get("blocked"):  # waited for another arm: retried, as new
+        return "to do"
+    if status in ("completed", "diverged", "failed"):
+        return status
+    return "interrupted" if rd.checkpoint.exists() else "to do"
+
+
+def plan_jobs(master: DictConfig, config_loader) -> list[Job]:
+    from bnlab.config import validate
+    from bnlab.train.run_dir import RunDir
+
+    jobs = []
+    for num, overrides in enumerate(sweep_overrides(master, config_loader)):
+        job = Job(num, overrides)
+        jobs.append(job)
+        try:
+            cfg = job_config(master, config_loader, overrides)
+            validate(cfg)
+        except Exception as e:  # noqa: BLE001 - reported per job, named
+            job.error = _one_line(e)
+            continue
+        job.run_dir = RunDir.for_config(cfg).root
+        job.state = run_state(job.run_dir)
+        job.arm, job.seed, job.preset = cfg.get("arm"), cfg.get("seed"), cfg.get("preset")
+        source = str((cfg.get("finetune") or {}).get("from") or "")
+        job.depends_on = source[4:] if source.startswith("arm:") else None
+    common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
+    for j in jobs:
+        j.swept = [o for o in j.overrides if o not in common]
+    return jobs
+
+
+def _one_line(e: Exception) -> str:
+    from bnlab.config_errors import ConfigError
+    from bnlab.data.errors import DatasetNotFoundError
+
+    if isinstance(e, ConfigError | DatasetNotFoundError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def format_plan(jobs: list[Job], retry_failed: bool = False) -> str:
+    from collections import Counter
+
+    action = {
+        "completed": "skip",
+        "running": "skip (another process)",
+        "interrupted": "resume",
+        "to do": "train",
+        "failed": "rerun" if retry_failed else "skip (RETRY_FAILED=1 reruns)",
+        "diverged": "rerun" if retry_failed else "skip (RETRY_FAILED=1 reruns)",
+    }
+    counts = Counter(j.state or "invalid" for j in jobs)
+    lines = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    for j in jobs:
+        if j.error:
+            lines.append(f"  #{j.num:<3} {'INVALID':<12} {j.label}\n        error: {j.error}")
+            continue
+        dep = f"  (after arm {j.depends_on})" if j.depends_on else ""
+        lines.append(f"  #{j.num:<3} {j.state:<12} {action[j.state]:<30} {j.run_dir}  [{j.label}]{dep}")
+    return "\n".join(lines)
+
+
+def check_sweep(master: DictConfig) -> list[Job]:
+    """Validate every job of the sweep in the launching process; on a bad one print its error and exit 2."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    sweeper = str(master.hydra.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):  # another sweeper expands jobs its own way: its jobs check themselves
+        return []
+    jobs = plan_jobs(master, GlobalHydra.instance().config_loader())
+    bad = [j for j in jobs if j.error]
+    if bad:
+        for j in bad:
+            print(f"error: {j.error}  [sweep job #{j.num}: {j.label}]", file=sys.stderr)
+        print(f"[bnlab] {len(bad)} of {len(jobs)} sweep jobs are invalid; nothing was started", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    order = {j.arm: j.num for j in jobs if j.arm is not None}
+    for j in jobs:  # the basic launcher runs jobs in order: a dependency must come first
+        if j.depends_on in order and order[j.depends_on] > j.num and "BasicLauncher" in str(master.hydra.launcher):
+            print(
+                f"error: sweep job #{j.num} fine-tunes arm {j.depends_on!r}, which is job #{order[j.depends_on]}"
+                " later in the sweep; list that arm first",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_CONFIG)
+    # jobs that fine-tune another arm's run find (and wait for) it through this, under any launcher
+    os.environ[SWEEP_PLAN_ENV] = json.dumps(
+        [{"arm": j.arm, "seed": j.seed, "preset": j.preset, "run_dir": str(j.run_dir)} for j in jobs if j.arm]
+    )
+    return jobs
