@@ -62,18 +62,10 @@ def job_config(master: DictConfig, config_loader, overrides: list[str]) -> DictC
 
 
 def run_state(run_dir: Path) -> str:
-    """A run directory's state from its own files and its lock: what a sweep would do with it."""
+    """A run directory's state (train.run_dir.RunDir.state): what a sweep would do with it."""
     from bnlab.train.run_dir import RunDir
 
-    rd = RunDir(run_dir)
-    if rd.is_locked():
-        return "running"
-    status = rd.status()
-    if status == "failed" and (rd.summary() or {}).get("blocked"):  # waited for another arm: retried, as new
-        return "to do"
-    if status in ("completed", "diverged", "failed"):
-        return status
-    return "interrupted" if rd.checkpoint.exists() else "to do"
+    return RunDir(run_dir).state()
 
 
 def plan_jobs(master: DictConfig, config_loader) -> list[Job]:

@@ -68,7 +68,7 @@ def _run_of_arm(cfg, arm: str) -> Path:
     """The completed run of `arm`. Under a parallel launcher the sweep's job training that arm may still be running
     (or not started): wait for it while it runs (and up to BNLAB_DEPENDENCY_WAIT seconds, default 1800, for it to
     start); if it failed, or no sweep job trains it, fail naming the arm."""
-    from bnlab.plan import run_state
+    from bnlab.train.run_dir import RunDir
 
     study_dir = Path(cfg.out_dir) / str(cfg.study)
     where = f"of arm {arm!r} with seed {cfg.seed} and preset {cfg.get('preset')} under {study_dir}"
@@ -80,7 +80,7 @@ def _run_of_arm(cfg, arm: str) -> Path:
         if found:
             raise ConfigError("finetune.from", f"arm:{arm}: {len(found)} completed runs {where}: {found}")
         pending = _sweep_dependency(cfg, arm)
-        state = run_state(pending) if pending is not None else None
+        state = RunDir(pending).state() if pending is not None else None
         if state is None or state in ("failed", "diverged") or (state != "running" and time.time() > deadline):
             what = f"its run {pending} is {state}" if state else "no completed run"
             raise ConfigError("finetune.from", f"arm:{arm}: {what} {where} (train that arm first)")

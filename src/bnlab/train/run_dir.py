@@ -128,6 +128,18 @@ class RunDir:
         s = self.summary()
         return s.get("status") if s else None
 
+    def state(self) -> str:
+        """What a sweep would do with this directory, from its own files and its lock: running, completed,
+        diverged, failed, interrupted (a checkpoint to resume) or to do (also a run blocked on another arm)."""
+        if self.is_locked():
+            return "running"
+        status = self.status()
+        if status == "failed" and (self.summary() or {}).get("blocked"):  # waited for another arm: retried, as new
+            return "to do"
+        if status in ("completed", "diverged", "failed"):
+            return status
+        return "interrupted" if self.checkpoint.exists() else "to do"
+
     def write_config(self, cfg) -> None:
         atomic_write_text(self.config, OmegaConf.to_yaml(cfg, resolve=True))
 
