@@ -4,7 +4,7 @@ and how much of each leading eigenvector lies in the span of the gradients of th
 For every completed run this loads its checkpoint and config (run directories must exist), measures the nets
 (`bn` runs give two: BN with batch statistics, and the same weights with BN frozen at Precise-BN statistics; `no_bn`
 runs one) with bnlab.diagnostics.hessian, and caches the numbers in hessian_spectra.csv and hessian_nets.csv beside
-the collected tables; later calls only redraw (delete those files to measure again).
+the collected tables; later calls only redraw, unless the collected runs are not the ones measured.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def measure(net: str, model, loss_fn, batches, cfg) -> tuple[dict, pd.DataFrame]
 
 def compute(done: pd.DataFrame, out: Path) -> None:
     nets, spectra = [], []
+    measured = _measured_runs(done)
     for _, run in done.iterrows():
-        seeds = OmegaConf.load(Path(run["run_dir"]) / "config.yaml").hessian.get("seeds")
-        if seeds is not None and int(run["seed"]) not in seeds:
+        if str(run["run_id"]) not in measured:
             continue
         for net, model, loss_fn, batches, cfg in nets_of_run(Path(run["run_dir"])):
             summary, spectrum = measure(net, model, loss_fn, batches, cfg)
@@ -123,6 +123,26 @@ def compute(done: pd.DataFrame, out: Path) -> None:
             )
     pd.DataFrame(nets).to_csv(out / NETS, index=False)
     pd.concat(spectra, ignore_index=True).to_csv(out / SPECTRA, index=False)
+
+
+def _measured_runs(done: pd.DataFrame) -> set[str]:
+    """Run ids whose nets the analysis measures (hessian.seeds of each run's config; null = every seed)."""
+    ids = set()
+    for _, run in done.iterrows():
+        seeds = OmegaConf.load(Path(run["run_dir"]) / "config.yaml").hessian.get("seeds")
+        if seeds is None or int(run["seed"]) in seeds:
+            ids.add(str(run["run_id"]))
+    return ids
+
+
+def _cache_matches(done: pd.DataFrame, out: Path) -> bool:
+    """The cached spectra were measured on exactly these runs (a cache left by earlier runs is measured again)."""
+    if not ((out / SPECTRA).exists() and (out / NETS).exists()):
+        return False
+    cached = set(pd.read_csv(out / NETS)["run_id"].astype(str))
+    if all(Path(r).is_dir() for r in done["run_dir"]):
+        return cached == _measured_runs(done)
+    return cached <= set(done["run_id"].astype(str))  # run directories gone (a fresh clone): keep what was measured
 
 
 def outliers_above_projected(eigenvalues: np.ndarray, projected: np.ndarray) -> float:
@@ -145,7 +165,7 @@ def _ms(values, fmt: str) -> str:
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     out = Path(out)
     done = runs[runs["status"] == "completed"]
-    if not ((out / SPECTRA).exists() and (out / NETS).exists()):
+    if not _cache_matches(done, out):  # measured once per set of runs; a new collection measures again
         compute(done, out)
     nets, spectra = pd.read_csv(out / NETS), pd.read_csv(out / SPECTRA)
     order = [n for n in NET_ORDER if n in set(nets["net"])]
