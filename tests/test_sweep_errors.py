@@ -34,7 +34,10 @@ def _entry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(  # joblib and submitit start worker processes: slow (the fast suite keeps basic)
+    "launcher",
+    ["basic", pytest.param("joblib", marks=pytest.mark.slow), pytest.param("submitit_local", marks=pytest.mark.slow)],
+)
 def test_job_error_reads_like_a_single_run_under_each_launcher(tmp_path, launcher):
     """An error only a job can find (its fine-tuning source is missing) arrives as the single run's one line and
     exit code, not as loky's BrokenProcessPool or a submitit traceback."""
