@@ -224,7 +224,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
 
 
 def _spectrum_figure(spectra, order, out) -> list:
-    fig, axes = new_figure(ncols=2, width=10.0, height=3.6)
+    fig, axes = new_figure(ncols=2, width=11.0, height=3.8)
     ax, ax_p = axes[0]
     for i, net in enumerate(order):
         s = spectra[spectra["net"] == net]
@@ -239,14 +239,14 @@ def _spectrum_figure(spectra, order, out) -> list:
     ax.set(
         xlabel="eigenvalue index",
         ylabel="Hessian eigenvalue",
-        title=f"leading Hessian eigenvalues (Lanczos), n = {n} seed{'s' if n > 1 else ''} per net",
+        title=f"top Hessian eigenvalues, n = {n} seed{'s' if n > 1 else ''} per net",
     )
     ax.legend()
     ax_p.set_yscale("log")
     ax_p.set(
         xlabel="eigenvalue index",
         ylabel="Hessian eigenvalue",
-        title="dashed: output-moment span (29 dims) projected out",
+        title="dashed: 29-dim output-moment span projected out",
     )
     ax_p.legend()
     return save_figure(fig, out, "hessian_eigenvalues")
