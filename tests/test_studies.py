@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from bnlab.cli import joined_study
 from bnlab.config import validate
 from bnlab.models import build_model
 from bnlab.norm import build_norm
@@ -46,7 +47,7 @@ def test_every_grid_point_validates_and_builds(study, scale):
     seen = set()
     for point in grid:
         cfg = compose_point(study, scale, point)
-        assert cfg.study in (study, study.split("_")[0]) and cfg.preset == scale  # nbs_sync joins nbs
+        assert cfg.study in (study, joined_study(study)) and cfg.preset == scale  # nbs_sync joins nbs
         validate(cfg)
         in_ch, classes = SHAPES[cfg.data.name]
         model = build_model(cfg.model, build_norm(cfg.norm), in_ch, classes)
