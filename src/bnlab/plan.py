@@ -33,6 +33,8 @@ class Job:
     preset: str | None = None
     depends_on: str | None = None  # finetune.from=arm:<name>
     error: str | None = None  # why this job's config is refused
+    processes: int = 1  # ranks of the run (train.processes)
+    device: str = "auto"
 
     swept: list[str] | None = None  # the overrides that differ between the sweep's jobs
 
@@ -85,6 +87,7 @@ def plan_jobs(master: DictConfig, config_loader) -> list[Job]:
         job.run_dir = RunDir.for_config(cfg).root
         job.state = run_state(job.run_dir)
         job.arm, job.seed, job.preset = cfg.get("arm"), cfg.get("seed"), cfg.get("preset")
+        job.processes, job.device = int(cfg.train.get("processes") or 1), str(cfg.get("device", "auto"))
         source = str((cfg.get("finetune") or {}).get("from") or "")
         job.depends_on = source[4:] if source.startswith("arm:") else None
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
@@ -138,6 +141,11 @@ def check_sweep(master: DictConfig) -> list[Job]:
             print(f"error: {j.error}  [sweep job #{j.num}: {j.label}]", file=sys.stderr)
         print(f"[bnlab] {len(bad)} of {len(jobs)} sweep jobs are invalid; nothing was started", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    problem = launcher_problem(master, jobs)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        print(f"[bnlab] none of the {len(jobs)} sweep jobs was started", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     order = {j.arm: j.num for j in jobs if j.arm is not None}
     for j in jobs:  # the basic launcher runs jobs in order: a dependency must come first
         if j.depends_on in order and order[j.depends_on] > j.num and "BasicLauncher" in str(master.hydra.launcher):
@@ -152,3 +160,51 @@ def check_sweep(master: DictConfig) -> list[Job]:
         [{"arm": j.arm, "seed": j.seed, "preset": j.preset, "run_dir": str(j.run_dir)} for j in jobs if j.arm]
     )
     return jobs
+
+
+def _jobs_text(jobs: list[Job], limit: int = 4) -> str:
+    shown = ", ".join(f"#{j.num} [{j.label}]" for j in jobs[:limit])
+    return shown + (f" and {len(jobs) - limit} more" if len(jobs) > limit else "")
+
+
+def launcher_problem(master: DictConfig, jobs: list[Job]) -> str | None:
+    """What would make every job of the sweep fail on this launcher, said once before any job starts (None: fine).
+
+    Local launchers (basic, joblib, submitit_local) run jobs here: a CUDA job needs CUDA here, and a job spawning
+    N ranks (train.processes) needs N devices. A SLURM launcher runs them elsewhere (this may be a login node
+    without a GPU), so only its resources are checked: ranks = nodes x tasks_per_node must match each job's
+    train.processes (one task per rank), or be 1 task with gpus_per_node >= train.processes (bnlab spawns)."""
+    import torch
+
+    from bnlab.train.distributed import backend_for
+
+    launcher = master.hydra.get("launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    if "SlurmLauncher" in target:
+        ranks = int(launcher.get("nodes") or 1) * int(launcher.get("tasks_per_node") or 1)
+        gpus = int(launcher.get("gpus_per_node") or 0)
+        bad = [j for j in jobs if not (j.processes == ranks or (ranks == 1 and gpus >= j.processes))]
+        if bad:
+            need = sorted({j.processes for j in bad})
+            return (
+                f"config key 'train.processes': jobs {_jobs_text(bad)} need {'/'.join(map(str, need))} ranks, but "
+                f"every job of this sweep gets nodes x tasks_per_node = {ranks} SLURM task(s) with "
+                f"gpus_per_node={gpus} (hydra.launcher, set from the sweep's own train.processes): launch jobs "
+                "with another train.processes as their own sweep (README, 'On a GPU box / on SLURM')"
+            )
+        return None
+    cuda_jobs = [j for j in jobs if j.device.startswith("cuda")]
+    if cuda_jobs and not torch.cuda.is_available():
+        return (
+            f"config key 'device': {cuda_jobs[0].device!r} requested but CUDA is not available here, for "
+            f"{len(cuda_jobs)} of {len(jobs)} jobs ({_jobs_text(cuda_jobs, 2)}); a GPU preset runs on a machine "
+            "with a GPU (or LAUNCHER=slurm from a login node); `bnlab plan` shows the sweep without one"
+        )
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    short = [j for j in jobs if j.processes > 1 and backend_for(j.device) == "nccl" and j.processes > have]
+    if short:
+        return (
+            f"config key 'train.processes': jobs {_jobs_text(short)} spawn {max(j.processes for j in short)} "
+            f"ranks, one per CUDA device, and this machine has {have}: run them where there are enough GPUs"
+        )
+    return None

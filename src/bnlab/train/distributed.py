@@ -1,10 +1,15 @@
 """Several processes inside one run (one sweep job): Sync BN across devices, or across CPU processes with gloo.
 
-`train.processes: N` makes the run's parent process (which holds the run lock) spawn N ranks
-(bnlab.train.launch). Every rank draws
-the same global batch and trains on its slice of it; DDP averages gradients; a norm layer whose `nbs` exceeds the
-per-device batch all-reduces its statistics (bnlab.norm.BatchNorm2d). Every rank evaluates (so any collective in
-a norm layer lines up) and only rank 0 writes files, logs and checkpoints.
+`train.processes: N` ranks, started in one of two ways:
+- by bnlab: the run's parent process (which holds the run lock) spawns N ranks on this machine (bnlab.train.launch);
+- by the engine the user already has: `torchrun` (single or multi node) or SLURM tasks (`srun`, submitit with
+  `tasks_per_node`), each task running `python -m bnlab.train` itself. `launched_rank` reads rank, world size and
+  local rank from the environment those set (torch.distributed's env:// variables; submitit's
+  TorchDistributedEnvironment; SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID), and the ranks join one group.
+Every rank draws the same global batch and trains on its slice of it; DDP averages gradients; a norm layer whose
+`nbs` exceeds the per-device batch all-reduces its statistics (bnlab.norm.BatchNorm2d). Every rank evaluates (so
+any collective in a norm layer lines up) and only rank 0 writes files, logs and checkpoints. On CUDA, rank r of a
+node uses cuda:<local rank>; the node's device count is checked before NCCL starts (DeviceCountError).
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
+from bnlab.config_errors import ConfigError
+
+
+class DeviceCountError(ConfigError):
+    """A run's ranks on one node need more CUDA devices than the node shows (raised before NCCL starts)."""
+
 
 @dataclass(frozen=True)
 class Rank:
     index: int = 0
     world: int = 1
+    local: int = 0  # rank on this node: its CUDA device is cuda:<local>
 
     @property
     def main(self) -> bool:
@@ -45,12 +57,112 @@ SINGLE = Rank()  # the one process of an ordinary run
 
 def current_rank() -> Rank:
     if dist.is_available() and dist.is_initialized():
-        return Rank(dist.get_rank(), dist.get_world_size())
+        index = dist.get_rank()
+        return Rank(index, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", index)))
     return SINGLE
 
 
 def device_for(device: str, rank: Rank) -> str:
-    return f"cuda:{rank.index}" if device.startswith("cuda") and rank.world > 1 else device
+    return f"cuda:{rank.local}" if device.startswith("cuda") and rank.world > 1 else device
+
+
+@dataclass(frozen=True)
+class LaunchedRank:
+    """This process's place in a run whose ranks another engine started (torchrun, SLURM tasks, submitit)."""
+
+    index: int
+    world: int
+    local: int
+    local_world: int
+    engine: str  # torchrun | env | submitit | slurm
+
+
+def launched_rank(processes: int) -> LaunchedRank | None:
+    """The rank the environment gives this process, when the run has `processes` > 1 and an engine started its
+    ranks; None when bnlab is to spawn them itself. Sets the env:// variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+    LOCAL_RANK) where the engine did not. Only read for processes > 1: a SLURM allocation with several tasks that
+    runs one bnlab process (a whole sweep) must not be taken for ranks."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, or a user exporting env:// variables
+        index, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", index))
+        engine = "torchrun" if "TORCHELASTIC_RUN_ID" in env else "env"
+        placement = LaunchedRank(index, world, local, int(env.get("LOCAL_WORLD_SIZE", world)), engine)
+    elif processes <= 1:
+        return None
+    elif env.get("SUBMITIT_EXECUTOR"):  # a submitit job (Hydra's submitit launchers): its own helper
+        from submitit.helpers import TorchDistributedEnvironment
+
+        d = TorchDistributedEnvironment()
+        if d.world_size <= 1:
+            return None
+        d.export(set_cuda_visible_devices=False, overwrite=True)  # every task sees the node's GPUs: cuda:<local>
+        placement = LaunchedRank(d.rank, d.world_size, d.local_rank, d.local_world_size, "submitit")
+    elif "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:  # inside `srun --ntasks=N`
+        world, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+        if "MASTER_ADDR" not in env and nodes > 1:
+            raise ConfigError(
+                "train.processes",
+                "srun over several nodes: export MASTER_ADDR (the first node: "
+                "`export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)`) before srun",
+            )
+        placement = LaunchedRank(
+            int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)), world // nodes, "slurm"
+        )
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 40000))  # as submitit does
+        env.update(RANK=str(placement.index), WORLD_SIZE=str(world), LOCAL_RANK=str(placement.local))
+    else:
+        return None
+    if placement.world <= 1 and processes <= 1:
+        return None
+    if placement.world != processes:
+        raise ConfigError(
+            "train.processes",
+            f"is {processes}, but {placement.engine} started this process as rank {placement.index} of "
+            f"{placement.world}: start as many ranks as train.processes (torchrun --nproc_per_node x --nnodes, "
+            "SLURM tasks_per_node x nodes), or none and let bnlab spawn them",
+        )
+    return placement
+
+
+def backend_for(device: str) -> str:
+    """NCCL for CUDA ranks (`auto` on a machine with CUDA included), gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() and (device.startswith("cuda") or device == "auto") else "gloo"
+
+
+def engine_rank(cfg) -> LaunchedRank | None:
+    """`launched_rank` for a run not yet inside a process group (a spawned rank, or one that joined, is)."""
+    if dist.is_available() and dist.is_initialized():
+        return None
+    return launched_rank(int(cfg.train.get("processes") or 1))
+
+
+def check_device_count(local_world: int, device: str) -> None:
+    """NCCL on a device index the node lacks dies with 'invalid device ordinal' deep inside a rank; say it first."""
+    if backend_for(device) != "nccl":
+        return
+    found = torch.cuda.device_count()
+    if found < local_world:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise DeviceCountError(
+            "train.processes",
+            f"{local_world} ranks on this node need {local_world} CUDA devices, {found} visible"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + "; on SLURM ask gpus_per_node >= tasks per node (conf/hydra/launcher/slurm.yaml derives both from "
+            "train.processes)",
+        )
+
+
+def join_group(cfg, placement: LaunchedRank) -> None:
+    """Join the run's process group through env:// (this process is one of the engine's ranks)."""
+    backend = backend_for(str(cfg.device))
+    if backend == "nccl":
+        check_device_count(placement.local_world, str(cfg.device))
+        torch.cuda.set_device(placement.local)
+    os.environ["LOCAL_RANK"] = str(placement.local)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // placement.local_world))  # as the spawned ranks
+    dist.init_process_group(backend, init_method="env://", rank=placement.index, world_size=placement.world)
 
 
 class ShardedLoader:
@@ -86,9 +198,10 @@ def wrap_model(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
 
 def _rank_main(index: int, entry, cfg_yaml: str, world: int, init_file: str, entry_args: tuple) -> None:
     cfg = OmegaConf.create(cfg_yaml)
-    backend = "nccl" if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "gloo"
+    backend = backend_for(str(cfg.device))
     if backend == "nccl":
         torch.cuda.set_device(index)
+    os.environ["LOCAL_RANK"] = str(index)  # this spawned process only: one machine, rank = local rank
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=index, world_size=world)
     try:
@@ -127,6 +240,7 @@ def standard_start_method():
 def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:
     """Run `entry(cfg, *entry_args)` in `processes` ranks and wait; a failing rank stops the others (torch's spawn
     semantics). The caller hands over the function (pycls's multi_proc_run), so this module imports no trainer."""
+    check_device_count(processes, str(cfg.device))  # in the parent, before any rank starts
     init_file = (run_root / ".dist_init").resolve()  # absolute: in file://runs/x the "runs" would be a URL host
     init_file.unlink(missing_ok=True)  # a file store left by a killed attempt would confuse the rendezvous
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)

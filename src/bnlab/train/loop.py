@@ -21,10 +21,10 @@ from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.build import Built, build, resolve_device
 from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
-from bnlab.train.distributed import SINGLE, current_rank, device_for, shard, wrap_model
+from bnlab.train.distributed import SINGLE, current_rank, device_for, engine_rank, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
 from bnlab.train.fast import check_fast_settings, prepare_training_model
-from bnlab.train.launch import launch_ranks
+from bnlab.train.launch import join_launched_ranks, launch_ranks
 from bnlab.train.outcome import NO_GUARD, Diverged, Outcome, SigtermGuard, recorded
 from bnlab.train.run_dir import RunDir, run_id
 from bnlab.train.wandb_logger import WandbLogger
@@ -236,6 +236,8 @@ def run(cfg, raise_on_failure: bool = True, labels: dict | None = None) -> dict:
     A SIGTERM stops it with Terminated (train.outcome) after flushing W&B, its last checkpoint kept.
     """
     validate(cfg)
+    if (placement := engine_rank(cfg)) is not None:  # one of the ranks torchrun / SLURM tasks started
+        return join_launched_ranks(cfg, placement, run, raise_on_failure, labels)
     rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
     if _already_done(cfg, rd):
         return rd.summary()
