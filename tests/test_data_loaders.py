@@ -131,3 +131,45 @@ def test_eval_label_pairs_sampler_through_build_data():
     assert len(batches) == -(-512 // 50) and all(len(y) == 50 for _, y in batches)
     for _, y in batches:  # 25 groups of 2 same-label images, adjacent
         assert torch.equal(y[0::2], y[1::2])
+
+
+class _RandomlyFlipped(torch.utils.data.Dataset):
+    """A per-image random transform drawing from torch's global RNG, as torchvision's transforms do."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        return (x.flip(-1) if torch.rand(()) < 0.5 else x) + torch.randint(0, 3, ()).to(torch.uint8), self.labels[i]
+
+
+def test_worker_augmentation_is_seeded_per_image_whatever_the_workers_and_replays_on_resume():
+    """Persistent workers keep their RNG across epochs; seeding each image by (seed, epoch, index) keeps the batches
+    the same for 0 or 2 workers, different between epochs, and the same for a loader started at epoch 1 (a resume)."""
+    images, labels = uint8_images()
+    mean, std = channel_stats(images)
+
+    def loader(workers):
+        sampler = IIDBatchSampler(labels, 8, seed=5)
+        return WorkerLoader(_RandomlyFlipped(images, labels), sampler, mean, std, seed=3, num_workers=workers)
+
+    def epochs(wl, which):
+        out = []
+        for e in which:
+            wl.set_epoch(e)
+            out.append(torch.cat([x for x, _ in wl]))
+        return out
+
+    none, two = epochs(loader(0), (0, 1)), epochs(loader(2), (0, 1))
+    assert torch.equal(none[0], two[0]) and torch.equal(none[1], two[1])
+    assert not torch.equal(none[0], none[1])
+    resumed = loader(2)
+    assert resumed.loader.persistent_workers
+    assert torch.equal(epochs(resumed, (1,))[0], two[1])
+    state = torch.random.get_rng_state()
+    epochs(loader(0), (0,))
+    assert torch.equal(torch.random.get_rng_state(), state)  # 0 workers: the training process's RNG is untouched

@@ -198,14 +198,19 @@ def cmd_plan(args) -> None:
     from bnlab import CONF_DIR
     from bnlab.plan import format_plan, plan_jobs
 
+    overrides = list(args.overrides)
+    if overrides and "=" not in overrides[0]:  # `bnlab plan nbs --scale gpu`: a study's name first
+        overrides[0] = f"experiment={overrides[0]}"
+    if args.scale:
+        overrides.append(f"scale={args.scale}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration(
-            config_name="train", overrides=list(args.overrides), run_mode=RunMode.MULTIRUN
-        )
-        jobs = plan_jobs(master, loader)
-    retry = any(o in ("train.retry_failed=true", "train.retry_failed=True") for o in args.overrides)
-    print(format_plan(jobs, retry_failed=retry))
+        master = loader.load_configuration(config_name="train", overrides=overrides, run_mode=RunMode.MULTIRUN)
+        gpu = args.gpu or ("A100" if str(master.get("device", "")).startswith("cuda") else None)
+        jobs = plan_jobs(master, loader, costs=gpu is not None)
+    retry = any(o in ("train.retry_failed=true", "train.retry_failed=True") for o in overrides)
+    assumed = {k: v for k, v in (("utilisation", args.utilisation), ("op_us", args.op_us)) if v is not None}
+    print(format_plan(jobs, retry_failed=retry, gpu=gpu, **assumed))
     if any(j.error for j in jobs):
         sys.exit(2)
 
@@ -279,9 +284,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a sweep's jobs, their run directories and state (completed / to do / failed / running), no training",
         description="Expand a sweep exactly as `python -m bnlab.train -m OVERRIDES` would, check every job's config "
         "and list job, state, what the sweep would do, run directory and swept values; nothing is trained. "
-        "Exit 2 if any job is invalid. E.g. `bnlab plan experiment=nbs scale=cpu` (= `make plan EXP=nbs`).",
+        "For a GPU preset also GPUs, optimizer steps and GPU-hours per job (src/bnlab/cost.py: measured FLOPs, "
+        "datasheet peaks, an assumed utilisation). Exit 2 if any job is invalid. "
+        "E.g. `bnlab plan nbs --scale gpu`, `bnlab plan experiment=nbs scale=cpu` (= `make plan EXP=nbs`).",
     )
-    pl.add_argument("overrides", nargs="*", help="the sweep's Hydra overrides, as given to `-m`")
+    pl.add_argument("overrides", nargs="*", help="a study's name and/or the sweep's Hydra overrides, as given to `-m`")
+    pl.add_argument("--scale", default=None, help="cpu | gpu: the preset (= scale=...)")
+    pl.add_argument("--gpu", default=None, help="GPU type whose GPU-hours each job line shows: V100, A100, L40S, H100 "
+                    "(default A100 for a GPU preset; totals show every type)")  # fmt: skip
+    pl.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOPS a job reaches (0.1)")
+    pl.add_argument("--op-us", type=float, default=None, help="microseconds per aten operator launched (10)")
     pl.set_defaults(fn=cmd_plan)
     args = p.parse_args(argv)
     if args.command in ("collect", "figures", "status", "sync"):

@@ -35,6 +35,7 @@ class Job:
     error: str | None = None  # why this job's config is refused
     processes: int = 1  # ranks of the run (train.processes)
     device: str = "auto"
+    cost: object | None = None  # bnlab.cost.Cost, when asked (plan_jobs(..., costs=True))
 
     swept: list[str] | None = None  # the overrides that differ between the sweep's jobs
 
@@ -70,7 +71,7 @@ def run_state(run_dir: Path) -> str:
     return RunDir(run_dir).state()
 
 
-def plan_jobs(master: DictConfig, config_loader) -> list[Job]:
+def plan_jobs(master: DictConfig, config_loader, costs: bool = False) -> list[Job]:
     from bnlab.config import validate
     from bnlab.train.run_dir import RunDir
 
@@ -88,6 +89,10 @@ def plan_jobs(master: DictConfig, config_loader) -> list[Job]:
         job.state = run_state(job.run_dir)
         job.arm, job.seed, job.preset = cfg.get("arm"), cfg.get("seed"), cfg.get("preset")
         job.processes, job.device = int(cfg.train.get("processes") or 1), str(cfg.get("device", "auto"))
+        if costs:
+            from bnlab.cost import job_cost
+
+            job.cost = job_cost(cfg)
         source = str((cfg.get("finetune") or {}).get("from") or "")
         job.depends_on = source[4:] if source.startswith("arm:") else None
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
@@ -105,7 +110,7 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def format_plan(jobs: list[Job], retry_failed: bool = False) -> str:
+def format_plan(jobs: list[Job], retry_failed: bool = False, gpu: str | None = None, **assumed) -> str:
     from collections import Counter
 
     action = {
@@ -123,8 +128,37 @@ def format_plan(jobs: list[Job], retry_failed: bool = False) -> str:
             lines.append(f"  #{j.num:<3} {'INVALID':<12} {j.label}\n        error: {j.error}")
             continue
         dep = f"  (after arm {j.depends_on})" if j.depends_on else ""
-        lines.append(f"  #{j.num:<3} {j.state:<12} {action[j.state]:<30} {j.run_dir}  [{j.label}]{dep}")
+        cost = ""
+        if j.cost is not None:
+            c = j.cost
+            cost = f" {c.gpus:>2} GPU {c.steps:>7} steps {c.gpu_hours(gpu, **assumed):7.3f} GPU-h"
+        lines.append(f"  #{j.num:<3} {j.state:<12} {action[j.state]:<30}{cost} {j.run_dir}  [{j.label}]{dep}")
+    if gpu is not None:
+        lines.extend(cost_totals(jobs, **assumed))
     return "\n".join(lines)
+
+
+def cost_totals(jobs: list[Job], **assumed) -> list[str]:
+    """The sweep's totals, for all jobs and for those still to train, on every GPU type of bnlab.cost."""
+    from bnlab.cost import OP_MICROSECONDS, PEAK_TFLOPS, UTILISATION
+
+    priced = [j for j in jobs if j.cost is not None]
+    todo = [j for j in priced if j.state in ("to do", "interrupted")]
+    util, op_us = assumed.get("utilisation", UTILISATION), assumed.get("op_us", OP_MICROSECONDS)
+    lines = [
+        f"GPUs per job: {'/'.join(str(n) for n in sorted({j.cost.gpus for j in priced})) or '-'}; "
+        f"steps: {sum(j.cost.steps for j in priced):,} in all, {sum(j.cost.steps for j in todo):,} to train; "
+        f"forward GFLOPs per image: "
+        + ", ".join(sorted({f"{j.cost.flops_per_image / 1e9:.3g}" for j in priced}))
+        + f"; {sum(j.cost.flops for j in priced) / 1e15:.1f} PFLOP in all",
+        f"GPU-hours (all jobs / still to train), at {util:g} of peak and {op_us:g} us per operator (assumed; "
+        "peaks: NVIDIA datasheets, src/bnlab/cost.py):",
+    ]
+    for name in PEAK_TFLOPS:
+        total = sum(j.cost.gpu_hours(name, **assumed) for j in priced)
+        left = sum(j.cost.gpu_hours(name, **assumed) for j in todo)
+        lines.append(f"  {name:<5} {total:9.2f} / {left:9.2f}")
+    return lines
 
 
 def check_sweep(master: DictConfig) -> list[Job]:

@@ -24,27 +24,35 @@ class GradientAccumulator:
     """`backward(loss)` once per micro-batch; it steps the optimizer and the LR schedule every `accumulate` calls
     and after the epoch's last micro-batch. Returns True when it stepped."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule, accumulate: int, micro_batches: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule, accumulate: int, micro_batches: int, scaler=None):
         if not isinstance(accumulate, int) or accumulate < 1:
             raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
         self.optimizer, self.schedule, self.k = optimizer, schedule, accumulate
+        self.scaler = scaler  # torch.amp.GradScaler under fp16 autocast (train/fast.py), else None
         self.micro_batches, self.seen, self.pending = micro_batches, 0, 0
 
     def backward(self, loss: torch.Tensor) -> bool:
         if self.pending == 0:
             self.optimizer.zero_grad(set_to_none=True)
-        (loss / self.k if self.k > 1 else loss).backward()
+        loss = loss / self.k if self.k > 1 else loss
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.pending += 1
         self.seen += 1
         if self.pending < self.k and self.seen < self.micro_batches:
             return False
+        if self.scaler is not None and self.pending < self.k:
+            self.scaler.unscale_(self.optimizer)  # the rescale below acts on true gradients
         if self.pending < self.k:  # short last group: the mean over the micro-batches it has
             with torch.no_grad():
                 for group in self.optimizer.param_groups:
                     for p in group["params"]:
                         if p.grad is not None:
                             p.grad.mul_(self.k / self.pending)
-        self.optimizer.step()
+        if self.scaler is not None:  # skips the step when fp16 gradients overflowed, then adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.schedule.step_batch()
         self.pending = 0
         return True

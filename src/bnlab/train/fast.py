@@ -6,6 +6,8 @@
   every bnlab norm keeps its buffers and statistics in float32 (PyTorch's mixed-type batch-norm kernels), and
   the logits are cast back to float32 before the loss.
 - ``train.compile``: ``torch.compile`` of the training forward (inductor, one compile per input shape).
+- with ``fp16`` the loss is scaled by a ``torch.amp.GradScaler`` (`grad_scaler`): fp16 gradients underflow to 0
+  below 6e-8 without it; bf16 has float32's exponent range and needs none.
 
 Guards against known BN / inductor pitfalls:
 - eval-mode BN is folded into constants by inductor, which has produced wrong outputs (pytorch/pytorch#181696,
@@ -44,6 +46,14 @@ def check_fast_settings(train_cfg, device) -> None:
     _, autocast, _ = fast_settings(train_cfg)
     if autocast == "fp16" and torch.device(device).type == "cpu":
         raise ConfigError("train.autocast", "fp16 autocast is for CUDA; use bf16 on CPU", allowed=[None, "bf16"])
+
+
+def grad_scaler(train_cfg, device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 autocast, None otherwise (the accumulator then steps the optimizer directly)."""
+    _, autocast, _ = fast_settings(train_cfg)
+    if autocast != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
 
 
 class FastForward(nn.Module):

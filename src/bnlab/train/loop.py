@@ -23,7 +23,7 @@ from bnlab.train.checkpoint import Progress, resume, save
 from bnlab.train.console import format_row
 from bnlab.train.distributed import SINGLE, current_rank, device_for, engine_rank, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
-from bnlab.train.fast import check_fast_settings, prepare_training_model
+from bnlab.train.fast import check_fast_settings, grad_scaler, prepare_training_model
 from bnlab.train.launch import join_launched_ranks, launch_ranks
 from bnlab.train.outcome import NO_GUARD, Diverged, Outcome, SigtermGuard, recorded
 from bnlab.train.run_dir import RunDir, run_id
@@ -47,6 +47,7 @@ def train_one_epoch(
     step_hook=None,
     rank=SINGLE,
     accumulate=1,
+    scaler=None,
 ):
     model.train()
     loader.set_epoch(epoch)
@@ -54,7 +55,7 @@ def train_one_epoch(
     wrong = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
-    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader))  # train.accumulate micro-batches
+    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader), scaler)  # train.accumulate micro-batches
     for i, (x, y, *domain) in enumerate(bar):
         logits = model(x, *domain)  # per-sample domain ids when the data has domains (data/domains.py)
         loss = loss_fn(logits, y)
@@ -107,6 +108,7 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=S
     net, batches = wrap_model(job.model, rank), shard(job.data.train, rank)  # identity in one process
     net = prepare_training_model(net, cfg.train, job.data.train.device)  # channels_last / autocast / compile
     step_hook = _health_step_hook(monitor, job.model, logger, progress)
+    scaler = grad_scaler(cfg.train, job.data.train.device)  # fp16 autocast only; its scale restarts on a resume
     epochs, show_bar = int(cfg.train.epochs), bool(cfg.train.get("progress", True))
     accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
     progress.started = time.time()
@@ -125,6 +127,7 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, monitor, logger, rank=S
                 step_hook=step_hook,
                 rank=rank,
                 accumulate=accumulate,
+                scaler=scaler,
             )
         )
         progress.step += optimizer_steps(len(job.data.train), accumulate)

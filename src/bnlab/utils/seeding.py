@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -14,9 +15,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds, and train.deterministic: deterministic kernels (cuDNN autotuning off), or the fastest ones (cuDNN
+    benchmarks each conv shape once and keeps the fastest algorithm, which may differ between runs)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it (CUDA >= 10.2)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)  # set both ways: sweep jobs share a process
