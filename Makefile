@@ -25,7 +25,7 @@ launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
 
-.PHONY: install lock data demo train test test-slow lint format bench bench-norm plan check-sweep-vars sweep pilot collect figures report status sync need-exp clean help
+.PHONY: install lock data demo train test test-slow lint format bench bench-norm plan check-sweep-vars sweep-data sweep pilot collect figures report status sync need-exp clean help
 
 help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -110,12 +110,17 @@ check-sweep-vars:  # a misspelt LAUNCHER or RETRY_FAILED would otherwise run a d
 plan: check-sweep-vars install need-exp  ## a sweep's jobs, run directories and state (done / to do / failed / running), no training
 	$(BIN)/bnlab plan experiment=$(EXP) scale=$(SCALE) $(retry_$(RETRY_FAILED)) $(ARGS)
 
-sweep: check-sweep-vars install data need-exp  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
+# the offline Fashion-MNIST is installed only for sweeps that read it (the CPU presets, not SCALE=gpu's CIFAR)
+sweep-data: install
+	@if $(BIN)/bnlab plan --datasets experiment=$(EXP) scale=$(SCALE) $(ARGS) | grep -qx fashion_mnist; then \
+		$(MAKE) --no-print-directory data; fi
+
+sweep: check-sweep-vars install need-exp sweep-data  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
 
 # a pilot tunes a setting (lr, schedule, thresholds) before a study's runs: scored on a split held out from the
 # training images (data.val_source=holdout), never on the test split, and kept apart from the study's runs
-pilot: install data need-exp  ## tuning runs of a study on the held-out split: EXP=<study> ARGS="optim.lr=0.1,0.2"
+pilot: install need-exp sweep-data  ## tuning runs of a study on the held-out split: EXP=<study> ARGS="optim.lr=0.1,0.2"
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) data.val_source=holdout \
 		out_dir=runs/pilots $(launcher_$(LAUNCHER)) $(ARGS)
 

@@ -206,6 +206,9 @@ def cmd_plan(args) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration(config_name="train", overrides=overrides, run_mode=RunMode.MULTIRUN)
+        if args.datasets:  # the sweep's dataset (arms keep the study's data): what `make sweep` must install
+            print(master.data.name)
+            return
         gpu = args.gpu or ("A100" if str(master.get("device", "")).startswith("cuda") else None)
         jobs = plan_jobs(master, loader, costs=gpu is not None)
     retry = any(o in ("train.retry_failed=true", "train.retry_failed=True") for o in overrides)
@@ -213,6 +216,23 @@ def cmd_plan(args) -> None:
     print(format_plan(jobs, retry_failed=retry, gpu=gpu, **assumed))
     if any(j.error for j in jobs):
         sys.exit(2)
+
+
+def cmd_fetch(args) -> None:
+    """Download a dataset once, before a sweep (the GPU preset reads it with data.download=false)."""
+    from omegaconf import OmegaConf
+
+    if args.dataset in ("cifar10", "cifar100"):
+        from bnlab.data.cifar import default_root, load_cifar
+
+        train_x, _, test_x, _, _ = load_cifar(int(args.dataset[5:]), args.root, download=True)
+        print(f"{args.dataset}: {len(train_x)} train / {len(test_x)} test images in {args.root or default_root()}")
+        return
+    from bnlab.data.imagenette import default_root, open_imagenette
+
+    dcfg = OmegaConf.create({"root": args.root, "download": True, "variant": args.variant})
+    sizes = [len(open_imagenette(dcfg, split)) for split in ("train", "val")]
+    print(f"imagenette {args.variant}: {sizes[0]} train / {sizes[1]} val images in {args.root or default_root()}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,8 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("--gpu", default=None, help="GPU type whose GPU-hours each job line shows: V100, A100, L40S, H100 "
                     "(default A100 for a GPU preset; totals show every type)")  # fmt: skip
     pl.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOPS a job reaches (0.1)")
+    pl.add_argument("--datasets", action="store_true", help="only print the dataset the sweep reads (make sweep)")
     pl.add_argument("--op-us", type=float, default=None, help="microseconds per aten operator launched (10)")
     pl.set_defaults(fn=cmd_plan)
+    f = sub.add_parser("fetch", help="download CIFAR-10/100 or Imagenette once, where data.root will read it")
+    f.add_argument("dataset", choices=["cifar10", "cifar100", "imagenette"])
+    f.add_argument("--root", default=None, help="data.root (default: $BNLAB_CACHE/<name> or ~/.cache/bnlab/<name>)")
+    f.add_argument("--variant", default="160px", help="imagenette: 160px | 320px | full (data.variant)")
+    f.set_defaults(fn=cmd_fetch)
     args = p.parse_args(argv)
     if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)
@@ -302,11 +328,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")
             args.study = study
     from bnlab.config_errors import ConfigError
+    from bnlab.data.errors import DatasetNotFoundError
     from bnlab.train.checkpoint import CheckpointError
 
     try:
         args.fn(args)
-    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

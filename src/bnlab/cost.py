@@ -38,7 +38,12 @@ OP_MICROSECONDS = 10.0
 # al. 2017: 60000 / 10000), Imagenette2 (fast.ai's README for imagenette2: 9469 train / 3925 val)
 DATASET_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000), "fashion_mnist": (60000, 10000),
                  "imagenette": (9469, 3925)}  # fmt: skip
-DATASET_SHAPES = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion_mnist": (1, 28, 10), "imagenette": (3, None, 10)}
+DATASET_SHAPES = {
+    "cifar10": (3, 32, 10),
+    "cifar100": (3, 32, 100),
+    "fashion_mnist": (1, 28, 10),
+    "imagenette": (3, None, 10),
+}
 GLYPH_CLASSES = 808  # every distinct glyph at min_distance 0.04 (conf/data/glyphs.yaml)
 
 
@@ -157,7 +162,10 @@ _MEASURED: dict[str, tuple[float, int | None]] = {}  # the model's measurements,
 def _measured(cfg, channels: int, size: int, classes: int, batch: int) -> tuple[float, int | None]:
     from omegaconf import OmegaConf
 
-    key = OmegaConf.to_yaml(OmegaConf.create({"model": cfg.model, "norm": cfg.norm})) + f"{channels},{size},{classes},{batch}"
+    key = (
+        OmegaConf.to_yaml(OmegaConf.create({"model": cfg.model, "norm": cfg.norm}))
+        + f"{channels},{size},{classes},{batch}"
+    )
     if key not in _MEASURED:
         _MEASURED[key] = (
             forward_flops_per_image(cfg, channels, size, classes),

@@ -55,7 +55,7 @@ def train_one_epoch(
     wrong = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
-    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader), scaler)  # train.accumulate micro-batches
+    stepper = GradientAccumulator(optimizer, schedule, accumulate, len(loader), scaler)  # accumulate micro-batches
     for i, (x, y, *domain) in enumerate(bar):
         logits = model(x, *domain)  # per-sample domain ids when the data has domains (data/domains.py)
         loss = loss_fn(logits, y)
