@@ -20,12 +20,12 @@ from omegaconf import OmegaConf
 from bnlab.diagnostics.hessian import (
     HessianOperator,
     ProjectedOperator,
-    buffers_restored,
     orthonormal_basis,
     output_moment_gradients,
     subspace_fraction,
     top_eigenpairs,
 )
+from bnlab.norm.modes import preserved_buffers
 from bnlab.results.figures import new_figure, save_figure
 from bnlab.results.tables import write_table
 
@@ -70,7 +70,7 @@ def measure(net: str, model, loss_fn, batches, cfg) -> tuple[dict, pd.DataFrame]
     t0 = time.time()
     op = HessianOperator(model, loss_fn, batches)
     loss, grad = op.loss_and_grad()
-    with torch.no_grad(), buffers_restored(model):
+    with torch.no_grad(), preserved_buffers(model):
         acc = np.mean([(model(x).argmax(1) == y).float().mean().item() for x, y in batches])
     vals, vecs = top_eigenpairs(op, int(hc.top_k), tol=float(hc.tol))
     moments = output_moment_gradients(model, batches)

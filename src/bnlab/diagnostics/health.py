@@ -1,7 +1,8 @@
 """BN health monitor: finds why eval-mode (running statistics) and train-mode (batch statistics) disagree.
 
-Per BN-like layer (any module with running_mean/running_var buffers) it measures, on training batches in train
-mode (what the EMA tracks) and on validation batches in eval mode (what inference sees):
+Per BN-like layer (`bn_layers`: any module with running statistics, norm.layer.has_running_stats) it measures,
+on training batches in train mode (what the EMA tracks) and on validation batches in eval mode (what inference
+sees):
 - running_var min/max, channels below `tiny_var` and denormal in float32 (forum: min running_var 4.8e-34 at
   "epoch" 300, 5.6e-45 at 700);
 - dead channels: the layer's input is constant on the training batches (e.g. zero after a ReLU), which drives
@@ -43,6 +44,7 @@ from torch import nn
 
 from bnlab import CONF_DIR
 from bnlab.config_errors import ConfigError
+from bnlab.norm.layer import has_running_stats
 from bnlab.norm.modes import mode, preserved_buffers
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32; below it values are denormal
@@ -60,12 +62,9 @@ REMEDIES = {
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, m in model.named_modules():
-        rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
-        if isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor) and rv.ndim == 1:
-            out.append((name, m))
-    return out
+    """(name, layer) of every layer that normalizes by running statistics at evaluation (norm.layer's
+    `has_running_stats`: the BN layers, and Frozen BN, whose constant statistics can be collapsed too)."""
+    return [(name, m) for name, m in model.named_modules() if has_running_stats(m)]
 
 
 @dataclass
