@@ -33,11 +33,3 @@ class LayerNorm(nn.GroupNorm, NormLayer, config_name="layer"):
     @classmethod
     def from_config(cls, num_features: int, eps: float) -> LayerNorm:
         return cls(1, num_features, eps=eps)
-
-
-class InstanceNorm2d(nn.InstanceNorm2d, NormLayer, config_name="instance"):
-    """Affine, no running statistics: train and eval behave the same; `norm=instance`."""
-
-    @classmethod
-    def from_config(cls, num_features: int, eps: float) -> InstanceNorm2d:
-        return cls(num_features, eps=eps, affine=True, track_running_stats=False)
