@@ -44,7 +44,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("layer, bn, running", CASES, ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "")
+def _name(v) -> str:
+    return type(v).__name__ if isinstance(v, nn.Module) else ""
+
+
+@pytest.mark.parametrize("layer, bn, running", CASES, ids=_name)
 def test_one_predicate_says_what_a_bn_layer_is(layer, bn, running):
     assert is_batchnorm(layer) is bn
     assert has_running_stats(layer) is running
@@ -70,7 +74,7 @@ def test_precise_bn_frozen_ema_freezing_and_health_agree_on_the_bn_layers():
     watched = [m for _, m in bn_layers(model)]
     # the health monitor also lists Separate BN's per-domain buffer holders (duck-typed foreign modules with
     # running_mean/var), as it always has: its health/* figures of Separate BN runs stay what they were
-    assert [m for m in watched if not type(m).__name__ == "DomainStats"] == [*expected, model[4]]
+    assert [m for m in watched if type(m).__name__ != "DomainStats"] == [*expected, model[4]]
 
     recomputed = copy.deepcopy(model)
     precise_bn(recomputed, [x])

@@ -91,8 +91,8 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, config_name="batch"):
     def check_config(cls, cfg) -> None:
         check.check_nbs(cfg, sync=True)
         check.momentum(cfg.norm, allow_none=True)
-        check.one_of(cfg.norm, "train_stats", TRAIN_STATS, "batch")
-        if not isinstance(cfg.norm.get("update_stats", True), bool):
+        check.one_of(cfg.norm, "train_stats", TRAIN_STATS)
+        if not isinstance(cfg.norm.get("update_stats"), bool):
             raise ConfigError("norm.update_stats", f"must be true or false, got {cfg.norm.get('update_stats')!r}")
 
     @contextmanager

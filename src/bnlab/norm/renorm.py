@@ -168,10 +168,10 @@ class BatchRenorm2d(nn.BatchNorm2d, NormLayer, config_name="renorm"):
             check.momentum(norm)
         check.number(norm, "r_max", 1)
         check.number(norm, "d_max", 0)
-        unit = norm.get("schedule_unit", "steps")
-        check.one_of(norm, "schedule_unit", SCHEDULE_UNITS, "steps")
+        check.one_of(norm, "schedule_unit", SCHEDULE_UNITS)
+        unit = norm.schedule_unit
         for key in ("warmup_steps", "r_max_full_at", "d_max_full_at"):
-            v = norm.get(key, 0)
+            v = norm.get(key)
             # in steps an integer; in EMA time constants any number (rounded to steps by from_config)
             ok = check.is_int(v) if unit == "steps" else isinstance(v, int | float) and not isinstance(v, bool)
             if not ok or v < 0:

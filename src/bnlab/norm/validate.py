@@ -37,8 +37,8 @@ def momentum(norm, allow_none: bool = False) -> None:
         raise ConfigError("norm.momentum", problem)
 
 
-def one_of(norm, key: str, allowed: Sequence[str], default: str) -> None:
-    if norm.get(key, default) not in allowed:
+def one_of(norm, key: str, allowed: Sequence[str]) -> None:
+    if norm.get(key) not in allowed:
         raise ConfigError(f"norm.{key}", f"got {norm.get(key)!r}", allowed=allowed)
 
 
@@ -69,7 +69,7 @@ def check_nbs(cfg, sync: bool) -> None:
         if problem:
             raise ConfigError("norm.nbs", f"nbs={nbs} > {key}={bs} {problem}; in one process use nbs <= {bs}")
     _check_partial_batches(cfg, nbs, train_bs, eval_bs)
-    one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS, "contiguous")
+    one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS)
 
 
 def precise_sizes(cfg) -> list[int]:
