@@ -39,7 +39,7 @@ def test_there_are_studies():
     assert {"nbs", "renorm_small", "renorm_noniid"} <= set(STUDIES)
 
 
-@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+@pytest.mark.parametrize("scale", ["cpu", pytest.param("gpu", marks=pytest.mark.slow)])  # gpu: ~4 min, every grid point
 @pytest.mark.parametrize("study", STUDIES)
 def test_every_grid_point_validates_and_builds(study, scale):
     grid = sweep_grid(study, scale)
@@ -56,6 +56,7 @@ def test_every_grid_point_validates_and_builds(study, scale):
     assert len(seen) == len(grid)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("study", STUDIES)
 def test_cpu_preset_runs_one_step(study, tmp_path):
     """The first grid point of the CPU preset trains one (tiny) epoch for real."""
