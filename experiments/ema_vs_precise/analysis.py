@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 KEYS = ["norm.momentum", "train.epochs", "optim.lr"]
@@ -18,7 +19,7 @@ LABELS = {"val_err_running": "EMA", "val_err_ema_frozen": "EMA on frozen model",
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"].copy()
+    done = completed(runs)
     precise = sorted((c for c in done if c.startswith("val_err_precise_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     best = precise[-1] if precise else "val_err_precise"
     done["ema_excess"] = done["val_err_running"] - done[best]  # EMA error beyond what population stats give

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import arm_order, completed
 from bnlab.results.tables import write_table
 
 ARM_ORDER = ["bn", "no_bn"]
@@ -31,7 +32,7 @@ def lr_per_epoch(run: pd.Series, epochs: np.ndarray) -> np.ndarray:
 
 
 def curves(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    done = runs[runs["status"].isin(["completed", "diverged"])]
+    done = completed(runs, "diverged")
     out = []
     for _, run in done.iterrows():
         e = epochs[epochs["run_id"] == run["run_id"]].sort_values("epoch")
@@ -93,7 +94,7 @@ def _geo(values: pd.Series) -> str:
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     c = curves(runs, epochs)
-    arms = [a for a in ARM_ORDER if a in set(c["arm"])] + sorted(set(c["arm"]) - set(ARM_ORDER))
+    arms = arm_order(c["arm"], ARM_ORDER)
     chance = 1.0 / 10
     groups = c.groupby(["arm", "seed"])
     per_run = pd.DataFrame([{"arm": a, "seed": s, **stable_range(g.sort_values("lr"), chance)} for (a, s), g in groups])

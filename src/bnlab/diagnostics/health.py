@@ -44,15 +44,11 @@ from torch import nn
 
 from bnlab import CONF_DIR
 from bnlab.config_errors import ConfigError
+from bnlab.health_events import EVENTS
 from bnlab.norm.layer import has_running_stats
 from bnlab.norm.modes import mode, preserved_buffers
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32; below it values are denormal
-EVENTS = {
-    "collapsed_variance": "collapsed variance",
-    "stale_ema": "stale EMA",
-    "batch_composition": "batch composition",
-}
 REMEDIES = {
     "collapsed_variance": "a larger eps (bounds the gain at 1/sqrt(eps)), a lower LR, or a batch-independent "
     "norm; Precise BN cannot help (the channel is constant on training data)",
