@@ -210,11 +210,8 @@ def cmd_plan(args) -> None:
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="bnlab", description=__doc__, epilog=TRAINING, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_study_commands(sub) -> None:
+    """collect, figures, status, sync: one study's run directories."""
     for name, fn, helptext in [
         ("collect", cmd_collect, "run directories -> runs/epochs tables"),
         ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
@@ -244,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
                 help="also collect runs outside the study's sweep grid, each set labelled as its own `variant`",
             )
         s.set_defaults(fn=fn)
+
+
+def _add_health_command(sub) -> None:
+    """health: a run directory, or any model's checkpoint with --model."""
     h = sub.add_parser(
         "health",
         help="BN health report of a saved checkpoint: a bnlab run's, or any model's with --model",
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--grayscale", action="store_true", help="--images: one channel")
     g.add_argument("--no-normalize", action="store_true", help="--images: no ImageNet mean/std normalization")
     h.set_defaults(fn=cmd_health)
+
+
+def _add_report_and_plan_commands(sub) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
@@ -283,6 +287,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     pl.add_argument("overrides", nargs="*", help="the sweep's Hydra overrides, as given to `-m`")
     pl.set_defaults(fn=cmd_plan)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="bnlab", description=__doc__, epilog=TRAINING, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_study_commands(sub)
+    _add_health_command(sub)
+    _add_report_and_plan_commands(sub)
     args = p.parse_args(argv)
     if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)
