@@ -80,8 +80,8 @@ train: install data  ## one run; pass Hydra overrides with ARGS="..."
 test: install data  ## fast test suite (slow tests deselected)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-slow: install data  ## only the slow end-to-end tests
-	$(BIN)/python -m pytest -q -m slow $(ARGS)
+test-slow: install data  ## only the slow and end-to-end tests (the rest of the suite)
+	$(BIN)/python -m pytest -q -m 'slow or e2e' $(ARGS)
 
 lint: install  ## ruff check + format check
 	$(BIN)/ruff check src tests scripts experiments examples

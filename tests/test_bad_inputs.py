@@ -79,8 +79,8 @@ def _corrupt_run(tmp: Path) -> None:
     rd.checkpoint.write_bytes(b"not a checkpoint")
 
 
-# each bnlab.train case starts Python, torch and Hydra (~5-15 s on a busy 2-core machine): slow; the CLI ones are fast
-PARAMS = [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[1] == TRAIN else []) for c in CASES]
+# every case starts a process (Python, torch, Hydra: ~5-15 s on a busy 2-core machine): bnlab.train slow, others e2e
+PARAMS = [pytest.param(*c, id=c[0], marks=[pytest.mark.slow if c[1] == TRAIN else pytest.mark.e2e]) for c in CASES]
 
 
 @pytest.mark.parametrize("name, kind, args, env, code, fragment", PARAMS)

@@ -67,6 +67,7 @@ def tiny_study(tmp_path, monkeypatch):
     return runs, train
 
 
+@pytest.mark.e2e
 def test_two_sweeps_with_different_lr_are_not_pooled(tiny_study, tmp_path, monkeypatch, capsys):
     """The README's `make sweep EXP=nbs ARGS="optim.lr=0.05"` then `make collect`: the lr=0.05 runs are left out
     with a message naming them and --all; with --all they are analysed as their own variant, never averaged with

@@ -38,6 +38,7 @@ def test_missing_dataset_names_path_and_package(tiny_cfg, tmp_path):
     assert str(tmp_path / "nowhere") in msg and "dataset-fashion-mnist" in msg and "data.root" in msg
 
 
+@pytest.mark.e2e
 def test_entry_point_reports_config_error_without_traceback(tmp_path):
     proc = run_entry_point([*TINY, "model.name=resnet21", f"out_dir={tmp_path}"], cwd=tmp_path)
     assert proc.returncode == 2

@@ -38,6 +38,7 @@ def test_rasterizer_covers_exact_areas_with_nonzero_winding():
     assert g.rasterize(ring, identity, 16)[0].sum() == pytest.approx(100 - 16)
 
 
+@pytest.mark.slow  # renders the 500-class set twice (~1 min)
 def test_generation_is_byte_identical_and_classes_are_distinct():
     a, b = g.generate(**SMALL), g.generate(**SMALL)
     assert g.digest(*a[:4]) == g.digest(*b[:4])

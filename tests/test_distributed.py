@@ -25,6 +25,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.e2e
 def test_two_processes_with_sync_bn_match_one_process(tiny_cfg):
     """NBS 64 as 2 ranks x 32 (Sync BN + DDP) = one process with batch 64; per-rank BN (NBS 32) is the control.
 
@@ -51,12 +52,14 @@ def test_two_processes_with_sync_bn_match_one_process(tiny_cfg):
     assert _max_diff(w_one, w_control) > 1e-3  # the control is far: the test can see a missing sync
 
 
+@pytest.mark.e2e
 def test_two_processes_train_and_evaluate(tiny_cfg):
     """A whole 2-epoch run with 2 processes completes with both epochs' metrics (trajectories are compared above)."""
     summary = run(tiny_cfg("study=two_epochs", "norm.nbs=64", "train.processes=2"))
     assert summary["status"] == "completed" and len(_metrics(summary)) == 2
 
 
+@pytest.mark.e2e
 def test_relative_out_dir_works_with_processes(tmp_path, monkeypatch):
     """The rendezvous file lives in the run directory; a relative out_dir (the default `runs`) must work."""
     monkeypatch.chdir(tmp_path)
@@ -72,6 +75,7 @@ def test_processes_must_split_the_batch(tiny_cfg):
         run(tiny_cfg("train.processes=3"))
 
 
+@pytest.mark.e2e
 def test_processes_spawn_from_a_joblib_worker(tmp_path):
     """`make sweep` on CPU runs each job in a joblib (loky) worker, whose multiprocessing start method is 'loky';
     a spawned rank re-applies its parent's start method and cannot find 'loky' (the ten_ways sync arm died so)."""

@@ -134,6 +134,7 @@ def test_health_names_a_missing_or_corrupt_checkpoint(user_module, tmp_path):
         cli_main(["health", str(bad)])
 
 
+@pytest.mark.e2e
 def test_health_as_a_shell_command_with_the_users_code_on_pythonpath(user_module, tmp_path):
     ckpt = _checkpoint(user_module, tmp_path, wrap=lambda s: {f"module.{k}": v for k, v in s.items()})  # DDP keys
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}

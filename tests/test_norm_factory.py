@@ -11,6 +11,7 @@ from torch import nn
 from bnlab.config import validate
 from bnlab.config_errors import ConfigError
 from bnlab.norm import NORMS, BatchNorm2d, BatchRenorm2d, FrozenBatchNorm2d, SeparateBatchNorm2d, build_norm
+from bnlab.norm.layer import LAYERS
 from bnlab.train.loop import run
 from conftest import compose_cfg
 
@@ -23,6 +24,7 @@ from conftest import compose_cfg
         (["norm=renorm"], BatchRenorm2d),
         (["norm=frozen"], FrozenBatchNorm2d),
         (["norm=separate"], SeparateBatchNorm2d),
+        (["norm=virtual"], BatchNorm2d),
         (["norm=group"], nn.GroupNorm),
         (["norm=instance"], nn.InstanceNorm2d),
         (["norm=layer"], nn.GroupNorm),
@@ -30,9 +32,10 @@ from conftest import compose_cfg
     ],
 )
 def test_every_config_builds_its_layer(overrides, cls):
+    """Each config name builds its registered class (norm/layer.py), a subclass of the torch layer it computes."""
     cfg = compose_cfg(overrides)
     layer = build_norm(cfg.norm)(16)
-    assert type(layer) is cls
+    assert type(layer) is LAYERS[cfg.norm.name] and isinstance(layer, cls)
     out = layer(torch.randn(32, 16, 3, 3))
     assert out.shape == (32, 16, 3, 3) and torch.isfinite(out).all()
     validate(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -55,6 +56,7 @@ def _worker(rank: int, store: str) -> None:
         teardown()  # no reference to the group survives into interpreter shutdown (SIGABRT there, torch 2.14)
 
 
+@pytest.mark.e2e
 def test_sync_bn_two_processes_equals_whole_batch_bn(tmp_path):
     # spawn, not fork: a forked child of a process whose OpenMP pool already ran can hang
     mp.spawn(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)

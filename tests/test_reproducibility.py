@@ -8,6 +8,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 import torch
 
 from bnlab.train.loop import run
@@ -19,6 +20,7 @@ def _metrics(summary):
     return pd.read_csv(RunDir(summary["run_dir"]).metrics).drop(columns=["epoch_time"])
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics_different_seed_differs(tiny_cfg, tmp_path):
     a = run(tiny_cfg("train.epochs=1", "study=a"))
     b = run(tiny_cfg("train.epochs=1", "study=b"))  # study changes the directory, not the computation
@@ -50,6 +52,7 @@ def test_batch_mode_evaluation_leaves_running_stats_untouched(tiny_cfg):
     assert not all(torch.equal(before[k], model.state_dict()[k]) for k in before)
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_identical_result(tiny_cfg, tmp_path):
     """SIGKILL after the first epoch's checkpoint; rerunning the same command finishes the run exactly."""
     reference = run(tiny_cfg("train.epochs=3", "study=reference"))

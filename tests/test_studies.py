@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 from pathlib import Path
 
@@ -31,6 +33,13 @@ def sweep_grid(study: str, scale: str) -> list[list[str]]:
 
 
 def compose_point(study: str, scale: str, point: list[str]):
+    """The grid point's config (a copy: callers may change it). Composed once per session: test_run_hashes and
+    the grid test below compose the same points, and Hydra's compose is most of their time."""
+    return copy.deepcopy(_composed(study, scale, tuple(point)))
+
+
+@functools.cache
+def _composed(study: str, scale: str, point: tuple[str, ...]):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=[f"experiment={study}", f"scale={scale}", *point])
 
@@ -39,7 +48,7 @@ def test_there_are_studies():
     assert {"nbs", "renorm_small", "renorm_noniid"} <= set(STUDIES)
 
 
-@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+@pytest.mark.parametrize("scale", ["cpu", pytest.param("gpu", marks=pytest.mark.slow)])  # gpu: ~4 min, every grid point
 @pytest.mark.parametrize("study", STUDIES)
 def test_every_grid_point_validates_and_builds(study, scale):
     grid = sweep_grid(study, scale)
@@ -56,6 +65,7 @@ def test_every_grid_point_validates_and_builds(study, scale):
     assert len(seen) == len(grid)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("study", STUDIES)
 def test_cpu_preset_runs_one_step(study, tmp_path):
     """The first grid point of the CPU preset trains one (tiny) epoch for real."""

@@ -35,6 +35,7 @@ def completed_configs(study_dir: Path) -> list[tuple]:
     return sorted(zip(done["seed"], done["norm.name"]))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_tiny_multirun_through_each_launcher(tmp_path, launcher):
     extra = {
@@ -49,6 +50,7 @@ def test_tiny_multirun_through_each_launcher(tmp_path, launcher):
         assert "sweep summary" in proc.stdout and "2 completed" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     """SIGKILL a 4-run sweep after its first run finished; relaunching completes the rest and retrains nothing."""
     args = ["study=kill", "seed=0,1", "norm=batch,group", "train.epochs=2"]
@@ -83,6 +85,7 @@ def _fake_sibling(src: Path, name: str) -> Path:
     return dst
 
 
+@pytest.mark.e2e
 def test_collect_tolerates_completed_diverged_failed_and_half_written_runs(tiny_cfg):
     ok = run(tiny_cfg("study=mixed", "train.epochs=1"))
     diverged = run(tiny_cfg("study=mixed", "train.epochs=1", "optim.lr=1e12", "optim.nesterov=false"))

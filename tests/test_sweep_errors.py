@@ -34,6 +34,7 @@ def _entry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(  # joblib and submitit start worker processes: slow (the fast suite keeps basic)
     "launcher",
     ["basic", pytest.param("joblib", marks=pytest.mark.slow), pytest.param("submitit_local", marks=pytest.mark.slow)],
@@ -62,6 +63,7 @@ def test_issue_26_reproduction_fails_up_front(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs" / "forum_instability").exists()
 
 
+@pytest.mark.e2e
 def test_plan_lists_jobs_states_and_run_dirs_without_training(tmp_path, capsys):
     out = tmp_path / "runs"
     args = [*SWEEP, f"out_dir={out}", "study=plan", "norm=batch,group"]
@@ -123,6 +125,7 @@ def test_full_disk_reports_the_first_error_not_the_second(tiny_cfg, monkeypatch,
     assert capsys.readouterr().err.strip() == "error: cannot write checkpoint.pt: No space left on device"
 
 
+@pytest.mark.e2e
 def test_finetune_arm_without_its_source_is_recorded_and_retried(tmp_path):
     cfg = compose_cfg([*SWEEP, "experiment=ten_ways", "arm/ten_ways=finetune_frozen"], tmp_path)
     with pytest.raises(ConfigError, match="finetune.from.*no completed run of arm 'bn'"):

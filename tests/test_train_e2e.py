@@ -6,11 +6,13 @@ import json
 import math
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import TINY, run_entry_point
 
 
+@pytest.mark.e2e
 def test_entry_point_writes_run_directory(tmp_path):
     out = tmp_path / "runs"
     proc = run_entry_point([*TINY, f"out_dir={out}", "study=e2e"], cwd=tmp_path)
@@ -59,6 +61,7 @@ def test_entry_point_writes_run_directory(tmp_path):
     assert (run_dir / "checkpoint.pt").stat().st_size > 10_000
 
 
+@pytest.mark.e2e
 def test_completed_run_is_skipped_on_rerun(tmp_path):
     args = [*TINY, "train.epochs=1", f"out_dir={tmp_path / 'runs'}"]
     assert run_entry_point(args, cwd=tmp_path).returncode == 0

@@ -96,6 +96,7 @@ def test_bad_fast_path_values_name_the_key(tiny_cfg):
         prepare_training_model(model, _train_cfg(compile="yes"), "cpu")
 
 
+@pytest.mark.e2e  # two runs
 def test_a_run_with_channels_last_and_bf16_completes_close_to_the_plain_run(tiny_cfg):
     plain = run(tiny_cfg("train.epochs=1"))
     fast = run(tiny_cfg("train.epochs=1", "train.channels_last=true", "train.autocast=bf16"))

@@ -12,7 +12,7 @@ from bnlab.config_errors import ConfigError
 from bnlab.data import build_data
 from bnlab.models import build_model
 from bnlab.norm import BatchNorm2d, attach_norm_inputs, build_norm, no_stats_update, virtual_bn
-from bnlab.norm.attach import reference_batch
+from bnlab.norm.virtual import reference_batch
 from bnlab.train.evaluate import EVAL_MODES
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}

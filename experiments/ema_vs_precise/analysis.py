@@ -11,30 +11,20 @@ from __future__ import annotations
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 KEYS = ["norm.momentum", "train.epochs", "optim.lr"]
 LABELS = {"val_err_running": "EMA", "val_err_ema_frozen": "EMA on frozen model", "val_err_batch": "batch stats"}
 
 
-def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"].copy()
-    precise = sorted((c for c in done if c.startswith("val_err_precise_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    best = precise[-1] if precise else "val_err_precise"
-    done["ema_excess"] = done["val_err_running"] - done[best]  # EMA error beyond what population stats give
-    frozen = ["val_err_ema_frozen"] if "val_err_ema_frozen" in done else []
-    split = []
-    if frozen:
-        done["init_bias"] = done["val_err_ema_frozen"] - done[best]  # the EMA on a model that stood still
-        done["staleness"] = done["val_err_running"] - done["val_err_ema_frozen"]  # what the moving model adds
-        split = ["init_bias", "staleness"]
-    metrics = ["val_err_running", *frozen, *precise, "val_err_batch", "ema_excess", *split]
-    agg = aggregate(done, KEYS, [*metrics, "step"])
+def _table(agg: pd.DataFrame, metrics: list, best: str, frozen: list, out) -> list:
+    """EMA, frozen-model EMA, Precise BN and batch statistics per momentum, schedule length and lr."""
     table = mean_std_cells(agg, metrics)
     table.insert(1, "lambda (EMA decay)", [round(1 - m, 4) for m in table["norm.momentum"]])
     # weight the EMA still gives its initial values after training (PyTorch's running = (1 - m) running + m batch)
     table.insert(4, "initial weight", [f"{(1 - m) ** s:.3g}" for m, s in zip(agg["norm.momentum"], agg["step_mean"])])
-    written = write_table(
+    return write_table(
         table,
         out,
         "ema_vs_precise_table",
@@ -50,6 +40,10 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         )
         + ". Mean ± std over seeds (the mean alone for one run).",
     )
+
+
+def _error_vs_momentum(agg: pd.DataFrame, best: str, frozen: list, out) -> list:
+    """One panel per (epochs, lr): validation error of each kind of statistics against BN momentum."""
     panels = agg[["train.epochs", "optim.lr"]].drop_duplicates().sort_values(["train.epochs", "optim.lr"])
     fig, axes = new_figure(ncols=len(panels), width=3.3 * len(panels), height=3.1)
     for ax, (_, p) in zip(axes[0], panels.iterrows()):
@@ -71,17 +65,36 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             title=f"{int(p['train.epochs'])} epochs, lr {p['optim.lr']}",
         )
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the curves cross every region
-    written += save_figure(fig, out, "ema_vs_precise_error_vs_momentum")
-    if precise:
-        fig, axes = new_figure()
-        ax = axes[0][0]
-        sizes = [int(c.rsplit("_", 1)[1]) for c in precise]
-        for (ep, lr), g in agg.groupby(["train.epochs", "optim.lr"]):
-            g = g[g[KEYS[0]] == 0.1]  # PyTorch's default momentum
-            if len(g):
-                ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=f"{ep} ep, lr {lr}")
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title="Precise BN vs samples (momentum 0.1)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves span the whole height
-        written += save_figure(fig, out, "ema_vs_precise_samples")
-    return written
+    return save_figure(fig, out, "ema_vs_precise_error_vs_momentum")
+
+
+def _error_vs_samples(agg: pd.DataFrame, precise: list, out) -> list:
+    """Precise BN's error against its number of samples, at PyTorch's default momentum."""
+    fig, axes = new_figure()
+    ax = axes[0][0]
+    sizes = [int(c.rsplit("_", 1)[1]) for c in precise]
+    for (ep, lr), g in agg.groupby(["train.epochs", "optim.lr"]):
+        g = g[g[KEYS[0]] == 0.1]  # PyTorch's default momentum
+        if len(g):
+            ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=f"{ep} ep, lr {lr}")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title="Precise BN vs samples (momentum 0.1)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves span the whole height
+    return save_figure(fig, out, "ema_vs_precise_samples")
+
+
+def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
+    done = completed(runs)
+    precise = sorted((c for c in done if c.startswith("val_err_precise_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    best = precise[-1] if precise else "val_err_precise"
+    done["ema_excess"] = done["val_err_running"] - done[best]  # EMA error beyond what population stats give
+    frozen = ["val_err_ema_frozen"] if "val_err_ema_frozen" in done else []
+    split = []
+    if frozen:
+        done["init_bias"] = done["val_err_ema_frozen"] - done[best]  # the EMA on a model that stood still
+        done["staleness"] = done["val_err_running"] - done["val_err_ema_frozen"]  # what the moving model adds
+        split = ["init_bias", "staleness"]
+    metrics = ["val_err_running", *frozen, *precise, "val_err_batch", "ema_excess", *split]
+    agg = aggregate(done, KEYS, [*metrics, "step"])
+    written = _table(agg, metrics, best, frozen, out) + _error_vs_momentum(agg, best, frozen, out)
+    return written + (_error_vs_samples(agg, precise, out) if precise else [])

@@ -20,13 +20,14 @@ from omegaconf import OmegaConf
 from bnlab.diagnostics.hessian import (
     HessianOperator,
     ProjectedOperator,
-    buffers_restored,
     orthonormal_basis,
     output_moment_gradients,
     subspace_fraction,
     top_eigenpairs,
 )
+from bnlab.norm.modes import preserved_buffers
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import arm_order, completed
 from bnlab.results.tables import write_table
 
 NET_ORDER = ["bn", "frozen_bn", "no_bn"]
@@ -36,18 +37,11 @@ SPECTRA, NETS = "hessian_spectra.csv", "hessian_nets.csv"
 
 def nets_of_run(run_dir: Path):
     """Yield (net name, model in the mode it is measured in, loss_fn, fixed batches, config) for one run."""
-    from bnlab.data import build_data
-    from bnlab.models import build_model
-    from bnlab.norm import build_norm, freeze_batchnorm, precise_bn
-    from bnlab.train.checkpoint import load_checkpoint
-    from bnlab.train.losses import build_loss
+    from bnlab.norm import freeze_batchnorm, precise_bn
+    from bnlab.train.trained import load_run
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    torch.manual_seed(int(cfg.seed))
-    data = build_data(cfg, "cpu")
-    model = build_model(cfg.model, build_norm(cfg.norm), data.in_channels, data.num_classes)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    loss_fn = build_loss(cfg.loss, data.num_classes)
+    cfg, job = load_run(run_dir)  # the run's config, data, model (trained weights) and loss
+    data, model, loss_fn = job.data, job.model, job.loss_fn
     data.train.set_epoch(0)
     batches = []
     for x, y in data.train:  # the first batches of the run's (seeded) first epoch, fixed from here on
@@ -70,7 +64,7 @@ def measure(net: str, model, loss_fn, batches, cfg) -> tuple[dict, pd.DataFrame]
     t0 = time.time()
     op = HessianOperator(model, loss_fn, batches)
     loss, grad = op.loss_and_grad()
-    with torch.no_grad(), buffers_restored(model):
+    with torch.no_grad(), preserved_buffers(model):
         acc = np.mean([(model(x).argmax(1) == y).float().mean().item() for x, y in batches])
     vals, vecs = top_eigenpairs(op, int(hc.top_k), tol=float(hc.tol))
     moments = output_moment_gradients(model, batches)
@@ -164,11 +158,11 @@ def _ms(values, fmt: str) -> str:
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     out = Path(out)
-    done = runs[runs["status"] == "completed"]
+    done = completed(runs)
     if not _cache_matches(done, out):  # measured once per set of runs; a new collection measures again
         compute(done, out)
     nets, spectra = pd.read_csv(out / NETS), pd.read_csv(out / SPECTRA)
-    order = [n for n in NET_ORDER if n in set(nets["net"])]
+    order = arm_order(nets["net"], NET_ORDER)
     rows = []
     per_net = {}
     for net in order:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from bnlab import REPO_ROOT
+from bnlab import CONF_DIR, REPO_ROOT
 from bnlab.diagnostics.channel_hist import (
     capture_channels,
     channel_values,
@@ -163,7 +163,6 @@ def real_batches(cfg, n: int, count: int, seed: int) -> list[torch.Tensor]:
     from hydra import compose, initialize_config_dir
 
     from bnlab.data import build_data
-    from bnlab.train.__main__ import CONF_DIR
 
     overrides = [
         f"data={cfg.convnet.data}",

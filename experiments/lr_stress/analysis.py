@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import arm_order, completed
 from bnlab.results.tables import write_table
 
 ARM_ORDER = ["bn", "no_bn"]
@@ -31,7 +32,7 @@ def lr_per_epoch(run: pd.Series, epochs: np.ndarray) -> np.ndarray:
 
 
 def curves(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    done = runs[runs["status"].isin(["completed", "diverged"])]
+    done = completed(runs, "diverged")
     out = []
     for _, run in done.iterrows():
         e = epochs[epochs["run_id"] == run["run_id"]].sort_values("epoch")
@@ -91,12 +92,8 @@ def _geo(values: pd.Series) -> str:
     return f"{10 ** v.mean():.3g}" + (f" (x/÷ {10 ** v.std(ddof=1):.2f})" if len(v) > 1 else "")
 
 
-def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    c = curves(runs, epochs)
-    arms = [a for a in ARM_ORDER if a in set(c["arm"])] + sorted(set(c["arm"]) - set(ARM_ORDER))
-    chance = 1.0 / 10
-    groups = c.groupby(["arm", "seed"])
-    per_run = pd.DataFrame([{"arm": a, "seed": s, **stable_range(g.sort_values("lr"), chance)} for (a, s), g in groups])
+def _tables(per_run: pd.DataFrame, arms: list, out) -> list:
+    """The stable-range table per arm (BN / no BN ratios in the caption) and the per-run table."""
     rows = []
     for arm in arms:
         p = per_run[per_run["arm"] == arm]
@@ -129,8 +126,11 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             f" Highest stable lr, BN / no BN: {hi_ratio:.1f}x; stable range, BN / no BN: {width_ratio:.1f}x wider."
         )
     written = write_table(table, out, "lr_stress_table", caption)
-    written += write_table(per_run.round(5), out, "lr_stress_per_run", "Stable lr range per run (seed).")
+    return written + write_table(per_run.round(5), out, "lr_stress_per_run", "Stable lr range per run (seed).")
 
+
+def _figure(c: pd.DataFrame, per_run: pd.DataFrame, arms: list, chance: float, out) -> list:
+    """Schedule, training accuracy and training loss against the learning rate, every seed of every arm."""
     n_seeds = int(per_run.groupby("arm")["seed"].nunique().min())
     fig, axes = new_figure(ncols=3, width=13.0, height=3.6)
     ax_lr, ax_acc, ax_loss = axes[0]
@@ -163,5 +163,13 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax_loss.set(xlabel="learning rate", ylabel="training loss", title="training loss (dashed: the lr of a NaN)")
     for ax in (ax_lr, ax_acc, ax_loss):
         ax.legend()
-    written += save_figure(fig, out, "lr_stress_accuracy_vs_lr")
-    return written
+    return save_figure(fig, out, "lr_stress_accuracy_vs_lr")
+
+
+def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
+    c = curves(runs, epochs)
+    arms = arm_order(c["arm"], ARM_ORDER)
+    chance = 1.0 / 10
+    groups = c.groupby(["arm", "seed"])
+    per_run = pd.DataFrame([{"arm": a, "seed": s, **stable_range(g.sort_values("lr"), chance)} for (a, s), g in groups])
+    return _tables(per_run, arms, out) + _figure(c, per_run, arms, chance, out)

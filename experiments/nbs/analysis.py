@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import stats
 
 from bnlab.results.figures import errorbar_lines, new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 # Wu, "Devils in BatchNorm" (ResNet-50, ImageNet, SGD batch fixed): error in % by NBS
@@ -31,7 +32,7 @@ LABELS = {
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"].copy()
+    done = completed(runs)
     done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
     processes = done["train.processes"].fillna(1).astype(int) if "train.processes" in done else 1
     done["how"] = ["Ghost BN" if n < b else "BN" for n, b in zip(done["nbs"], done["train.batch_size"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 # (talk's axis, way, arm, metric suffix for the source/target columns, what it is for). Suffixes name eval modes:
@@ -35,7 +36,7 @@ COLUMNS = {"train_err": "train err", "source_err": "source err", "target_err": "
 def way_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per way present in `runs`: its arm's train error and its source/target errors under that way's
     statistics (mean and std over seeds)."""
-    done = runs[runs["status"] == "completed"]
+    done = completed(runs)
     rows = []
     for order, (axis, way, arm, suffix, purpose) in enumerate(WAYS):
         arm_runs = done[done["arm"] == arm]

@@ -235,11 +235,8 @@ def cmd_fetch(args) -> None:
     print(f"imagenette {args.variant}: {sizes[0]} train / {sizes[1]} val images in {args.root or default_root()}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="bnlab", description=__doc__, epilog=TRAINING, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_study_commands(sub) -> None:
+    """collect, figures, status, sync: one study's run directories."""
     for name, fn, helptext in [
         ("collect", cmd_collect, "run directories -> runs/epochs tables"),
         ("figures", cmd_figures, "collected tables -> the study's tables and figures"),
@@ -269,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
                 help="also collect runs outside the study's sweep grid, each set labelled as its own `variant`",
             )
         s.set_defaults(fn=fn)
+
+
+def _add_health_command(sub) -> None:
+    """health: a run directory, or any model's checkpoint with --model."""
     h = sub.add_parser(
         "health",
         help="BN health report of a saved checkpoint: a bnlab run's, or any model's with --model",
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--grayscale", action="store_true", help="--images: one channel")
     g.add_argument("--no-normalize", action="store_true", help="--images: no ImageNet mean/std normalization")
     h.set_defaults(fn=cmd_health)
+
+
+def _add_report_and_plan_commands(sub) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page with every study's tables and figures")
     r.add_argument("--results", default=str(REPO_ROOT / "results"))
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
@@ -321,6 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--root", default=None, help="data.root (default: $BNLAB_CACHE/<name> or ~/.cache/bnlab/<name>)")
     f.add_argument("--variant", default="160px", help="imagenette: 160px | 320px | full (data.variant)")
     f.set_defaults(fn=cmd_fetch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="bnlab", description=__doc__, epilog=TRAINING, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_study_commands(sub)
+    _add_health_command(sub)
+    _add_report_and_plan_commands(sub)
     args = p.parse_args(argv)
     if args.command in ("collect", "figures", "status", "sync"):
         study = joined_study(args.study)

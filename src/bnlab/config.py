@@ -143,7 +143,7 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optim.get("lr")
     if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
         raise ConfigError("optim.lr", f"must be a positive number, got {lr!r}")
-    if float(cfg.optim.get("weight_decay", 0.0)) < 0:
+    if float(cfg.optim.weight_decay) < 0:  # every conf/optim file sets it
         raise ConfigError("optim.weight_decay", f"must be >= 0, got {cfg.optim.weight_decay!r}")
     _positive_int(cfg, "train.batch_size")
     _positive_int(cfg, "train.epochs")

@@ -113,7 +113,7 @@ def split_indices(train_y, test_y, dcfg, num_classes: int):
     train_idx = torch.arange(len(train_y))
     val_idx, val_from_train = torch.arange(len(test_y)), False
     if dcfg.get("val_source", "test") == "holdout":
-        n_val = int(dcfg.get("holdout", 5000))
+        n_val = int(dcfg.holdout)
         if not 0 < n_val < len(train_y):
             raise ConfigError("data.holdout", f"must be in [1, {len(train_y)}) for this dataset, got {n_val}")
         perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(split_seed))
@@ -172,7 +172,7 @@ def _build_in_memory(cfg, device, source) -> DataBundle:
     train_x, train_y = train_x[train_idx], train_y[train_idx]
 
     mean, std = channel_stats(train_x)
-    augment = BatchAugment(int(dcfg.get("crop_padding", 0)), bool(dcfg.get("flip", False)))
+    augment = BatchAugment(int(dcfg.crop_padding), bool(dcfg.flip))
     train_sampler, val_sampler, val_batch_sampler = _samplers(cfg, train_y, val_y)
     train = DeviceLoader(train_x, train_y, train_sampler, mean, std, augment, seed=int(cfg.seed), device=device)
     val = DeviceLoader(val_x, val_y, val_sampler, mean, std, device=device)
@@ -197,8 +197,8 @@ def _build_imagenette(cfg, device) -> DataBundle:
     from bnlab.data import imagenette as inet
 
     dcfg = cfg.data
-    size, workers = int(dcfg.get("image_size", 128)), int(dcfg.get("num_workers", 0))
-    rrc, flip = bool(dcfg.get("random_resized_crop", True)), bool(dcfg.get("flip", True))
+    size, workers = int(dcfg.image_size), int(dcfg.num_workers)
+    rrc, flip = bool(dcfg.random_resized_crop), bool(dcfg.flip)
     train_aug = inet.open_imagenette(dcfg, "train", inet.transforms(size, True, rrc, flip))
     train_plain = inet.open_imagenette(dcfg, "train", inet.transforms(size, False))
     test_plain = inet.open_imagenette(dcfg, "val", inet.transforms(size, False))
@@ -208,7 +208,7 @@ def _build_imagenette(cfg, device) -> DataBundle:
     val_set, val_y = (train_plain, train_y) if val_from_train else (test_plain, test_y)
     val_y, train_y = val_y[val_idx], train_y[train_idx]
 
-    n_stats = int(dcfg.get("stats_images", 1000))
+    n_stats = int(dcfg.stats_images)
     mean, std = inet.channel_stats_of(train_plain, train_idx, n_stats, int(dcfg.get("split_seed", 0)), workers)
     train_sampler, val_sampler, val_batch_sampler = _samplers(cfg, train_y, val_y)
     train_ds, val_ds = Subset(train_aug, train_idx.tolist()), Subset(val_set, val_idx.tolist())
@@ -238,8 +238,8 @@ def validate_data_config(cfg) -> None:
 
         if dcfg.holdout_style not in STYLES:
             raise ConfigError("data.holdout_style", f"got {dcfg.holdout_style!r}", allowed=STYLES)
-    workers = dcfg.get("num_workers", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    workers = dcfg.get("num_workers")  # only the datasets read by worker processes have it (imagenette)
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise ConfigError("data.num_workers", f"must be a non-negative integer, got {workers!r}")
     imbalance = dcfg.get("imbalance")
     if imbalance is not None:

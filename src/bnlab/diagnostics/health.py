@@ -1,7 +1,8 @@
 """BN health monitor: finds why eval-mode (running statistics) and train-mode (batch statistics) disagree.
 
-Per BN-like layer (any module with running_mean/running_var buffers) it measures, on training batches in train
-mode (what the EMA tracks) and on validation batches in eval mode (what inference sees):
+Per BN-like layer (`bn_layers`: any module with running statistics, norm.layer.has_running_stats) it measures,
+on training batches in train mode (what the EMA tracks) and on validation batches in eval mode (what inference
+sees):
 - running_var min/max, channels below `tiny_var` and denormal in float32 (forum: min running_var 4.8e-34 at
   "epoch" 300, 5.6e-45 at 700);
 - dead channels: the layer's input is constant on the training batches (e.g. zero after a ReLU), which drives
@@ -43,14 +44,11 @@ from torch import nn
 
 from bnlab import CONF_DIR
 from bnlab.config_errors import ConfigError
+from bnlab.health_events import EVENTS
+from bnlab.norm.layer import has_running_stats
 from bnlab.norm.modes import mode, preserved_buffers
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32; below it values are denormal
-EVENTS = {
-    "collapsed_variance": "collapsed variance",
-    "stale_ema": "stale EMA",
-    "batch_composition": "batch composition",
-}
 REMEDIES = {
     "collapsed_variance": "a larger eps (bounds the gain at 1/sqrt(eps)), a lower LR, or a batch-independent "
     "norm; Precise BN cannot help (the channel is constant on training data)",
@@ -60,12 +58,9 @@ REMEDIES = {
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, m in model.named_modules():
-        rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
-        if isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor) and rv.ndim == 1:
-            out.append((name, m))
-    return out
+    """(name, layer) of every layer that normalizes by running statistics at evaluation (norm.layer's
+    `has_running_stats`: the BN layers, and Frozen BN, whose constant statistics can be collapsed too)."""
+    return [(name, m) for name, m in model.named_modules() if has_running_stats(m)]
 
 
 @dataclass
@@ -135,6 +130,75 @@ def _top(score: torch.Tensor, k: int) -> list[int]:
     return torch.topk(score, min(k, score.numel())).indices.tolist()
 
 
+def _running_figures(rm: torch.Tensor, rv: torch.Tensor, c: HealthConfig) -> tuple[dict, dict]:
+    """The running statistics on their own: smallest/largest variance, tiny and denormal channels."""
+    tiny, denormal = rv < c.tiny_var, (rv > 0) & (rv < FLOAT32_TINY)
+    s = {
+        "running_var_min": rv.min().item(),
+        "running_var_max": rv.max().item(),
+        "n_tiny_var": int(tiny.sum()),
+        "n_denormal_var": int(denormal.sum()),
+        "channels": rv.numel(),
+    }
+    return s, {"running_mean": rm, "running_var": rv, "tiny_var": tiny, "denormal_var": denormal}
+
+
+def _batch_figures(batches: list, rm, rv, eps: float, c: HealthConfig) -> tuple[dict, dict]:
+    """Running statistics against the training batches' (mu_B, var_B, per-image means), per batch and on average."""
+    mu = torch.stack([b[0] for b in batches])  # (B, C)
+    var = torch.stack([b[1] for b in batches])
+    img = torch.cat([b[2] for b in batches])  # (B * N, C) per-image channel means
+    sigma = (var + eps).sqrt()
+    z = ((rm - mu).abs() / sigma).mean(0)  # running vs each batch
+    log_ratio = ((rv + eps) / (var + eps)).log().abs().mean(0)
+    mu_bar, var_bar = mu.mean(0), var.mean(0)
+    spread = mu.std(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu_bar)
+    # running vs the batches' average, in within-batch sigmas plus the between-batch spread of means
+    stale_z = (rm - mu_bar).abs() / ((var_bar + eps).sqrt() + spread)
+    stale_log = ((rv + eps) / (var_bar + eps)).log().abs()
+    # between-batch spread of means over what i.i.d. batches of this size would show (~1 if i.i.d.)
+    iid_se = img.std(0, unbiased=False) / math.sqrt(max(1, len(img) // len(mu)))
+    composition = spread / (iid_se + 1e-3 * (var_bar + eps).sqrt())
+    dead_train = var.amax(0) <= 1e-10 * (1 + mu_bar * mu_bar)
+    s = {
+        "dead_fraction": dead_train.float().mean().item(),
+        "mean_z": z.mean().item(),
+        "max_z": z.max().item(),
+        "mean_abs_log_var_ratio": log_ratio.mean().item(),
+        "max_abs_log_var_ratio": log_ratio.max().item(),
+        "stale_mean_z": stale_z.mean().item(),
+        "stale_max_z": stale_z.max().item(),
+        "stale_mean_log_var": stale_log.mean().item(),
+        "stale_max_log_var": stale_log.max().item(),
+        "composition": composition.mean().item(),
+        "stale_channels": _top(stale_z + stale_log, c.top_k),
+        "composition_channels": _top(composition, c.top_k),
+    }
+    ch = {
+        "batch_mean": mu_bar,
+        "batch_var": var_bar,
+        "dead_train": dead_train,
+        "z": z,
+        "log_var_ratio": log_ratio,
+        "stale_z": stale_z,
+        "stale_log_var": stale_log,
+        "composition": composition,
+    }
+    return s, ch
+
+
+def _val_figures(dev: torch.Tensor, rv, eps: float, dead: torch.Tensor, c: HealthConfig) -> tuple[dict, dict]:
+    """Validation deviation in running sigmas; a channel dead in training and far off on validation collapsed."""
+    val_z = dev / (rv + eps).sqrt()
+    collapsed = dead & (val_z > c.collapse_z_threshold)
+    s = {
+        "val_max_z": val_z.max().item(),
+        "collapsed_channels": collapsed.nonzero().flatten().tolist(),
+        "collapsed_val_z": val_z[collapsed].tolist(),
+    }
+    return s, {"val_z": val_z, "collapsed": collapsed}
+
+
 @torch.no_grad()
 def measure(
     model: nn.Module, batches, val_batches, cfg: HealthConfig, device=None
@@ -144,7 +208,6 @@ def measure(
     Returns (stats, per_channel): per layer, the scalar figures the monitor judges (and logs), and the per-channel
     tensors they summarize (running_mean/var, dead on training batches, running vs batch statistics, batch
     composition, validation deviation in running sigmas)."""
-    c = cfg
     per_batch = {name: [] for name, _ in bn_layers(model)}  # (mu_B, var_B, per-image means) per batch
     val = {name: {"dev": None, "n": 0} for name in per_batch}
 
@@ -159,103 +222,34 @@ def measure(
         v["dev"] = dev if v["dev"] is None else torch.maximum(v["dev"], dev)
         v["n"] += 1
 
-    _collect(model, batches, c.batches, True, on_train, device)
+    _collect(model, batches, cfg.batches, True, on_train, device)
     if val_batches is not None:
-        _collect(model, val_batches, c.val_batches, False, on_val, device)
+        _collect(model, val_batches, cfg.val_batches, False, on_val, device)
 
     stats, channels = {}, {}
     for name, m in bn_layers(model):
         rm, rv = m.running_mean.float(), m.running_var.float()
         eps = float(getattr(m, "eps", 1e-5))
-        tiny = rv < c.tiny_var
-        s = {
-            "running_var_min": rv.min().item(),
-            "running_var_max": rv.max().item(),
-            "n_tiny_var": int(tiny.sum()),
-            "n_denormal_var": int(((rv > 0) & (rv < FLOAT32_TINY)).sum()),
-            "channels": rv.numel(),
-        }
-        ch = {"running_mean": rm, "running_var": rv, "tiny_var": tiny, "denormal_var": (rv > 0) & (rv < FLOAT32_TINY)}
-        dead = tiny.clone()
+        s, ch = _running_figures(rm, rv, cfg)
+        dead = ch["tiny_var"].clone()
         if per_batch[name]:
-            mu = torch.stack([b[0] for b in per_batch[name]])  # (B, C)
-            var = torch.stack([b[1] for b in per_batch[name]])
-            img = torch.cat([b[2] for b in per_batch[name]])  # (B * N, C) per-image channel means
-            sigma = (var + eps).sqrt()
-            z = ((rm - mu).abs() / sigma).mean(0)  # running vs each batch
-            log_ratio = ((rv + eps) / (var + eps)).log().abs().mean(0)
-            mu_bar, var_bar = mu.mean(0), var.mean(0)
-            spread = mu.std(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu_bar)
-            # running vs the batches' average, in within-batch sigmas plus the between-batch spread of means
-            stale_z = (rm - mu_bar).abs() / ((var_bar + eps).sqrt() + spread)
-            stale_log = ((rv + eps) / (var_bar + eps)).log().abs()
-            # between-batch spread of means over what i.i.d. batches of this size would show (~1 if i.i.d.)
-            iid_se = img.std(0, unbiased=False) / math.sqrt(max(1, len(img) // len(mu)))
-            composition = spread / (iid_se + 1e-3 * (var_bar + eps).sqrt())
-            dead_train = var.amax(0) <= 1e-10 * (1 + mu_bar * mu_bar)
-            dead |= dead_train
-            s.update(
-                dead_fraction=dead_train.float().mean().item(),
-                mean_z=z.mean().item(),
-                max_z=z.max().item(),
-                mean_abs_log_var_ratio=log_ratio.mean().item(),
-                max_abs_log_var_ratio=log_ratio.max().item(),
-                stale_mean_z=stale_z.mean().item(),
-                stale_max_z=stale_z.max().item(),
-                stale_mean_log_var=stale_log.mean().item(),
-                stale_max_log_var=stale_log.max().item(),
-                composition=composition.mean().item(),
-                stale_channels=_top(stale_z + stale_log, c.top_k),
-                composition_channels=_top(composition, c.top_k),
-            )
-            ch.update(
-                batch_mean=mu_bar,
-                batch_var=var_bar,
-                dead_train=dead_train,
-                z=z,
-                log_var_ratio=log_ratio,
-                stale_z=stale_z,
-                stale_log_var=stale_log,
-                composition=composition,
-            )
+            more, more_ch = _batch_figures(per_batch[name], rm, rv, eps, cfg)
+            s.update(more)
+            ch.update(more_ch)
+            dead |= more_ch["dead_train"]
         if val[name]["n"]:
-            val_z = val[name]["dev"] / (rv + eps).sqrt()
-            collapsed = dead & (val_z > c.collapse_z_threshold)
-            s.update(
-                val_max_z=val_z.max().item(),
-                collapsed_channels=collapsed.nonzero().flatten().tolist(),
-                collapsed_val_z=val_z[collapsed].tolist(),
-            )
-            ch.update(val_z=val_z, collapsed=collapsed)
-        stats[name] = s
-        channels[name] = ch
+            more, more_ch = _val_figures(val[name]["dev"], rv, eps, dead, cfg)
+            s.update(more)
+            ch.update(more_ch)
+        stats[name], channels[name] = s, ch
     return stats, channels
 
 
-def _stale(s: dict, c: HealthConfig) -> bool:
-    return (
-        s.get("stale_mean_z", 0) > c.discrepancy_threshold
-        or s.get("stale_mean_log_var", 0) > c.log_var_threshold
-        or s.get("stale_max_z", 0) > c.channel_z_threshold
-        or s.get("stale_max_log_var", 0) > c.channel_log_var_threshold
-    )
-
-
-def judge(
-    stats: dict[str, dict], gap: float | None, cfg: HealthConfig, precise_gap: float | None = None
-) -> tuple[dict, dict[str, list[dict]]]:
-    """The verdict on `measure`'s stats and the eval-mode minus train-mode gap (None: not measured).
-
-    `precise_gap`: the same gap with every BN layer's running statistics recomputed over the training batches
-    (Precise BN, on a copy of the model), when measured (`diagnose` does; bnlab's runs do not pass it). A gap that
-    Precise BN closes (to within the threshold and by more than half) is a stale EMA even when no single layer's
-    running statistics are far off: small per-layer discrepancies add up over many layers.
-
-    Returns (row, found): flat `health/*` metrics, and per cause ("collapsed_variance", "stale_ema",
-    "batch_composition") the layers (with channels and figures) that show it."""
+def _summary_row(stats: dict[str, dict], gap: float | None) -> dict:
+    """The flat `health/*` figures over all layers."""
     last = list(stats)[-1]
     total = sum(s["channels"] for s in stats.values())
-    row = {
+    return {
         "health/eval_train_loss_gap": gap,
         "health/running_var_min": min(s["running_var_min"] for s in stats.values()),
         "health/last_bn_running_var_min": stats[last]["running_var_min"],
@@ -267,6 +261,19 @@ def judge(
         "health/max_composition": max(s.get("composition", 0) for s in stats.values()),
         "health/max_val_z": max(s.get("val_max_z", 0) for s in stats.values()),
     }
+
+
+def _stale(s: dict, c: HealthConfig) -> bool:
+    return (
+        s.get("stale_mean_z", 0) > c.discrepancy_threshold
+        or s.get("stale_mean_log_var", 0) > c.log_var_threshold
+        or s.get("stale_max_z", 0) > c.channel_z_threshold
+        or s.get("stale_max_log_var", 0) > c.channel_log_var_threshold
+    )
+
+
+def _events(stats: dict[str, dict], gap, cfg: HealthConfig, precise_gap) -> dict[str, list[dict]]:
+    """Per cause, the layers that show it (with channels and figures); see `judge`."""
     found: dict[str, list[dict]] = {}
     collapsed = [n for n, s in stats.items() if s.get("collapsed_channels")]
     if collapsed:
@@ -305,6 +312,23 @@ def judge(
                 {"layer": n, "channels": stats[n]["composition_channels"], "composition": stats[n]["composition"]}
                 for n in composed[:3]
             ]
+    return found
+
+
+def judge(
+    stats: dict[str, dict], gap: float | None, cfg: HealthConfig, precise_gap: float | None = None
+) -> tuple[dict, dict[str, list[dict]]]:
+    """The verdict on `measure`'s stats and the eval-mode minus train-mode gap (None: not measured).
+
+    `precise_gap`: the same gap with every BN layer's running statistics recomputed over the training batches
+    (Precise BN, on a copy of the model), when measured (`diagnose` does; bnlab's runs do not pass it). A gap that
+    Precise BN closes (to within the threshold and by more than half) is a stale EMA even when no single layer's
+    running statistics are far off: small per-layer discrepancies add up over many layers.
+
+    Returns (row, found): flat `health/*` metrics, and per cause ("collapsed_variance", "stale_ema",
+    "batch_composition") the layers (with channels and figures) that show it."""
+    row = _summary_row(stats, gap)
+    found = _events(stats, gap, cfg, precise_gap)
     row["health/n_collapsed"] = sum(len(x["channels"]) for x in found.get("collapsed_variance", []))
     for kind in EVENTS:
         row[f"health/{kind}"] = int(kind in found)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from bnlab.norm.modes import preserved_buffers
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
@@ -33,18 +34,6 @@ def unflatten(v: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         out.append(v[i : i + p.numel()].view_as(p))
         i += p.numel()
     return out
-
-
-@contextmanager
-def buffers_restored(model: nn.Module):
-    """Forward passes inside leave every buffer as it was (BN in train mode would move its running statistics)."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, old in saved:
-                b.copy_(old)
 
 
 class HessianOperator:
@@ -76,7 +65,7 @@ class HessianOperator:
     def loss_and_grad(self) -> tuple[float, Tensor]:
         """The loss and its gradient over the fixed batches (same weighting as the Hessian)."""
         loss, grad = 0.0, torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        with buffers_restored(self.model):
+        with preserved_buffers(self.model):
             for (x, y), w in zip(self.batches, self.weights):
                 batch_loss = self.loss_fn(self.model(x), y)
                 grad += w * flatten(torch.autograd.grad(batch_loss, self.params))
@@ -87,7 +76,7 @@ class HessianOperator:
         """H v by double backprop: the gradient of (grad L . v), batch by batch."""
         vs = unflatten(v.to(self.dtype), self.params)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        with buffers_restored(self.model):
+        with preserved_buffers(self.model):
             for (x, y), w in zip(self.batches, self.weights):
                 grads = torch.autograd.grad(self.loss_fn(self.model(x), y), self.params, create_graph=True)
                 dot = sum((g * u).sum() for g, u in zip(grads, vs))
@@ -193,7 +182,7 @@ def output_moment_gradients(
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     total = sum(len(b[0]) for b in batches)
     raw, grads = None, None  # raw[p][c] = E[z_c^(p+1)]; grads[p][c] its gradient
-    with buffers_restored(model):
+    with preserved_buffers(model):
         for batch in batches:
             x = batch[0]
             z = model(x)

@@ -7,25 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from bnlab.diagnostics.diagnose import layer_table, make_report
 from bnlab.diagnostics.health import BNHealthMonitor, HealthConfig
-from bnlab.train.build import build
-from bnlab.train.checkpoint import load_checkpoint
 from bnlab.train.evaluate import evaluate
+from bnlab.train.trained import load_run
 
 
 def health_report(run_dir: Path, overrides: list[str] = (), batches: int = 8, json_path: Path | None = None) -> str:
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        raise FileNotFoundError(
-            f"{config} not found: pass a bnlab run directory, or a checkpoint with --model module:callable"
-        )
-    cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(list(overrides)))
-    job = build(cfg, "cpu")  # the run's own builders: same data split, model and loss
+    cfg, job = load_run(run_dir, overrides)  # the run's own builders: same data split, model and loss
     data, model, loss_fn = job.data, job.model, job.loss_fn
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     metrics = {
         f"val_{k}_{m}": v for m in ("running", "batch") for k, v in evaluate(model, data.val, loss_fn, m).items()
     }

@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import bnlab.norm.validate as check
+from bnlab.config_errors import ConfigError
 from bnlab.norm.ghost import GHOST_LAYOUTS, ghost_batch_norm, ghost_groups
+from bnlab.norm.layer import NormLayer
 from bnlab.norm.sync import consecutive_ranks_group, ranks_for_nbs, sync_batch_norm
 
 TRAIN_STATS = ("batch", "running")
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(nn.BatchNorm2d, NormLayer, config_name="batch"):
     """Drop-in nn.BatchNorm2d (same leading arguments, same state_dict keys) with an NBS knob.
 
     Args:
@@ -80,6 +83,34 @@ class BatchNorm2d(nn.BatchNorm2d):
         self.process_group = process_group
         self._sync_ranks: int | None = None
         self.virtual = None  # set by bnlab.norm.virtual.virtual_bn while a reference batch is in use
+
+    # --- what bnlab asks of a norm layer (norm/layer.py) ---
+    is_batchnorm = has_running_stats = True
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check.check_nbs(cfg, sync=True)
+        check.momentum(cfg.norm, allow_none=True)
+        check.one_of(cfg.norm, "train_stats", TRAIN_STATS)
+        if not isinstance(cfg.norm.get("update_stats"), bool):
+            raise ConfigError("norm.update_stats", f"must be true or false, got {cfg.norm.get('update_stats')!r}")
+
+    @contextmanager
+    def batch_statistics(self):
+        saved, self.train_stats = self.train_stats, "batch"
+        try:
+            yield
+        finally:
+            self.train_stats = saved
+
+    def why_not_stackable(self) -> str | None:
+        if self.process_group is not None:
+            return "Sync BN communicates across processes"
+        if self.nbs is not None:
+            return f"nbs={self.nbs} (Ghost / Sync BN) runs kernels without a vmap rule; use nbs=None (plain BN)"
+        if self.virtual is not None:
+            return "Virtual BN's reference statistics are held by the layer, shared by every model"
+        return super().why_not_stackable()
 
     def extra_repr(self) -> str:
         extra = [f"nbs={self.nbs}"] if self.nbs is not None else []

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.norm.layer import NormLayer, is_batchnorm
 
-class FrozenBatchNorm2d(nn.Module):
+
+class FrozenBatchNorm2d(nn.Module, NormLayer, config_name="frozen"):
     """A constant affine with nn.BatchNorm2d's state_dict keys (minus num_batches_tracked, ignored on load).
 
     By default weight and bias are buffers, as torchvision's FrozenBatchNorm2d; `trainable_affine=True` makes them
@@ -31,6 +33,9 @@ class FrozenBatchNorm2d(nn.Module):
             self.register_buffer("bias", bias)
         self.register_buffer("running_mean", torch.zeros(num_features, **kw))
         self.register_buffer("running_var", torch.ones(num_features, **kw))
+
+    # --- what bnlab asks of a norm layer (norm/layer.py): running statistics, but constants; not a BN layer ---
+    has_running_stats = True
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module, trainable_affine: bool = False) -> FrozenBatchNorm2d:
@@ -57,17 +62,13 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, trainable_affine={self.trainable_affine}"
 
 
-def is_freezable(m: nn.Module) -> bool:
-    from bnlab.norm.separate import SeparateBatchNorm2d
-
-    bn = isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    return bn or isinstance(m, SeparateBatchNorm2d)
-
-
 def freeze_batchnorm(model: nn.Module, trainable_affine: bool = False) -> nn.Module:
-    """Replace every BN layer of `model` (torch's, bnlab's, Sync, Renorm, Separate) by a FrozenBatchNorm2d
-    holding its current statistics and affine; returns the model (a new object if `model` itself is a BN)."""
-    if is_freezable(model):
+    """Replace every BN layer of `model` (norm.layer.is_batchnorm: torch's, bnlab's, Sync, Renorm, Separate) by a
+    FrozenBatchNorm2d holding its current statistics and affine; returns the model (a new object if `model` itself
+    is a BN layer)."""
+    if callable(getattr(type(model), "frozen", None)):  # a layer's own way (norm/layer.py)
+        return model.frozen(trainable_affine)
+    if is_batchnorm(model):
         return FrozenBatchNorm2d.from_batchnorm(model, trainable_affine)
     for name, child in model.named_children():
         new = freeze_batchnorm(child, trainable_affine)

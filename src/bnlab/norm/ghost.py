@@ -39,11 +39,17 @@ _BN_BACKWARD = torch.ops.aten.native_batch_norm_backward.default
 _BN_BACKWARD_OUT = torch.ops.aten.native_batch_norm_backward.out
 
 
+def splits(nbs: int, samples: int) -> bool:
+    """The Ghost BN rule: `samples` (a batch, or the short last batch of an epoch) cut into groups of exactly nbs
+    samples. Every check of nbs against a batch size asks this (config checks: norm/validate.py)."""
+    return samples % nbs == 0
+
+
 def ghost_groups(nbs: int | None, batch_size: int) -> int:
     """Number of ghost groups for a batch (1 = plain BN); a clear error when nbs does not divide the batch."""
     if nbs is None or nbs >= batch_size:
         return 1
-    if batch_size % nbs:
+    if not splits(nbs, batch_size):
         raise ValueError(f"nbs={nbs} does not divide the batch size {batch_size}: Ghost BN needs equal groups")
     return batch_size // nbs
 

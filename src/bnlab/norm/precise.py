@@ -18,51 +18,18 @@ computation on target-domain data: `adaptive_bn`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from bnlab.norm.batchnorm import BatchNorm2d
-from bnlab.norm.renorm import BatchRenorm2d
-from bnlab.norm.separate import SeparateBatchNorm2d
+from bnlab.norm.layer import batch_statistics, batchnorm_layers
 from bnlab.norm.stats import channel_sums, mean_var
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    """BN layers with running statistics: torch's and bnlab's _BatchNorm subclasses, and SeparateBatchNorm2d
-    (its active domain). FrozenBatchNorm2d is constant by design and not included."""
-    return [
-        m
-        for m in model.modules()
-        if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
-        or isinstance(m, SeparateBatchNorm2d)
-    ]
-
-
-@contextmanager
-def batch_statistics(model: nn.Module):
-    """Every BN layer of `model` normalizes by its batch statistics in training mode: BRN with r = 1, d = 0
-    (Ioffe 2017, Algorithm 1 with r_max = 1, d_max = 0 is BN) and bnlab BatchNorm2d with train_stats="batch"."""
-    saved = []
-    for m in model.modules():
-        if isinstance(m, BatchRenorm2d):
-            saved.append((m, {"r_max": m.r_max, "d_max": m.d_max}))
-            m.r_max, m.d_max = 1.0, 0.0  # both ramps become constant: r = 1, d = 0 at any step
-        elif isinstance(m, BatchNorm2d):
-            saved.append((m, {"train_stats": m.train_stats}))
-            m.train_stats = "batch"
-    try:
-        yield model
-    finally:
-        for m, attrs in saved:
-            for k, v in attrs.items():
-                setattr(m, k, v)
 
 
 @torch.no_grad()
 def precise_bn(model: nn.Module, batches: Iterable, num_samples: int = 8192) -> int:
-    """Set every BN layer's running_mean/running_var to its population statistics over the first `num_samples`.
+    """Set every BN layer's (norm.layer.is_batchnorm) running_mean/running_var to its population statistics over
+    the first `num_samples`.
 
     `batches`: input tensors or (input, target, ...) tuples, of any sizes; the last one is cut at `num_samples`.
     Parameters are untouched; train/eval modes, momenta and all other BN buffers (num_batches_tracked) are
@@ -130,7 +97,7 @@ def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None) ->
     and "computed on a moving model"). Parameters are untouched and train/eval modes restored; the running
     statistics and step counters are left as the re-run ends. Returns the number of forward passes.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    layers = batchnorm_layers(model)
     if steps is None:
         steps = max((int(m.num_batches_tracked) for m in layers), default=0)
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))

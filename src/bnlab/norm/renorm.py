@@ -20,10 +20,14 @@ run). `schedule_steps` converts a schedule given in time constants (config `norm
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+import bnlab.norm.validate as check
+from bnlab.config_errors import ConfigError
 from bnlab.norm.ghost import (
     from_ghost_channels,
     ghost_groups,
@@ -33,6 +37,7 @@ from bnlab.norm.ghost import (
     to_ghost_channels,
     use_channels_trick,
 )
+from bnlab.norm.layer import NormLayer, momentum_problem
 
 
 def ramp(step: Tensor, start: int, end: int, initial: float, final: float) -> Tensor:
@@ -94,7 +99,7 @@ class _BatchRenorm(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-class BatchRenorm2d(nn.BatchNorm2d):
+class BatchRenorm2d(nn.BatchNorm2d, NormLayer, config_name="renorm"):
     """Batch Renormalization, a drop-in nn.BatchNorm2d (same buffers and state_dict keys).
 
     Args:
@@ -131,8 +136,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
         dtype=None,
     ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True, device=device, dtype=dtype)
-        if momentum is None or not 0 < momentum <= 1:
-            raise ValueError(f"momentum (alpha) must be in (0, 1], got {momentum!r}")
+        if momentum_problem(momentum):
+            raise ValueError(f"momentum (alpha) {momentum_problem(momentum)}")
         if r_max < 1 or d_max < 0:
             raise ValueError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         if min(warmup_steps, r_max_full_at, d_max_full_at) < 0:
@@ -140,6 +145,51 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.r_max, self.d_max = float(r_max), float(d_max)
         self.warmup_steps, self.r_max_full_at, self.d_max_full_at = warmup_steps, r_max_full_at, d_max_full_at
         self.nbs, self.ghost_layout = nbs, ghost_layout
+
+    # --- what bnlab asks of a norm layer (norm/layer.py) ---
+    is_batchnorm = has_running_stats = True
+
+    @classmethod
+    def from_config(cls, num_features: int, eps: float, momentum: float, r_max: float, d_max: float,
+                    warmup_steps: float, r_max_full_at: float, d_max_full_at: float, nbs=None,
+                    ghost_layout: str = "contiguous", schedule_unit: str = "steps", device=None,
+                    dtype=None) -> BatchRenorm2d:  # fmt: skip
+        """The YAML's keys: schedule points in steps, or in EMA time constants 1/momentum (schedule_unit)."""
+        points = dict(warmup_steps=warmup_steps, r_max_full_at=r_max_full_at, d_max_full_at=d_max_full_at)
+        at = {k: schedule_steps(v, schedule_unit, momentum) for k, v in points.items()}
+        return cls(num_features, eps, momentum, r_max=r_max, d_max=d_max, nbs=nbs, ghost_layout=ghost_layout,
+                   device=device, dtype=dtype, **at)  # fmt: skip
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        norm = cfg.norm
+        check.check_nbs(cfg, sync=False)
+        if "momentum" in norm:
+            check.momentum(norm)
+        check.number(norm, "r_max", 1)
+        check.number(norm, "d_max", 0)
+        check.one_of(norm, "schedule_unit", SCHEDULE_UNITS)
+        unit = norm.schedule_unit
+        for key in ("warmup_steps", "r_max_full_at", "d_max_full_at"):
+            v = norm.get(key)
+            # in steps an integer; in EMA time constants any number (rounded to steps by from_config)
+            ok = check.is_int(v) if unit == "steps" else isinstance(v, int | float) and not isinstance(v, bool)
+            if not ok or v < 0:
+                kind = "an integer" if unit == "steps" else "a number"
+                raise ConfigError(f"norm.{key}", f"must be {kind} >= 0 (schedule_unit={unit}), got {v!r}")
+
+    @contextmanager
+    def batch_statistics(self):
+        """Ioffe 2017, Algorithm 1 with r_max = 1, d_max = 0 is BN: both ramps become constant, r = 1, d = 0."""
+        saved = self.r_max, self.d_max
+        self.r_max, self.d_max = 1.0, 0.0
+        try:
+            yield
+        finally:
+            self.r_max, self.d_max = saved
+
+    def why_not_stackable(self) -> str | None:
+        return "Batch Renorm's fused kernels are a torch.autograd.Function without a vmap rule"
 
     def extra_repr(self) -> str:
         return (

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import bnlab.norm.validate as check
+from bnlab.config_errors import ConfigError
+from bnlab.norm.layer import NormLayer
+
 
 class DomainStats(nn.Module):
     """The running statistics of one domain (buffers only)."""
@@ -30,7 +34,7 @@ class DomainStats(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
 
-class SeparateBatchNorm2d(nn.Module):
+class SeparateBatchNorm2d(nn.Module, NormLayer, config_name="separate"):
     """BN whose running statistics are per domain; `running_mean`/`running_var` are those of the active domain.
 
     Args as nn.BatchNorm2d (momentum: weight of the new batch; None = cumulative average), plus `num_domains`.
@@ -62,6 +66,25 @@ class SeparateBatchNorm2d(nn.Module):
     running_mean = property(lambda self: self.domains[self.domain].running_mean)
     running_var = property(lambda self: self.domains[self.domain].running_var)
     num_batches_tracked = property(lambda self: self.domains[self.domain].num_batches_tracked)
+
+    # --- what bnlab asks of a norm layer (norm/layer.py): a BN layer, through its active domain ---
+    is_batchnorm = has_running_stats = True
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check.momentum(cfg.norm, allow_none=True)
+        if any(m in ("precise", "adaptive") for m in cfg.eval.get("modes", [])):
+            raise ConfigError(
+                "eval.modes", "precise/adaptive recompute one set of statistics; Separate BN keeps one per domain"
+            )
+        check.positive_int(cfg.norm, "num_domains")
+
+    def reset_running_stats(self) -> None:
+        """The active domain's statistics back to mean 0, var 1, no batches (as nn.BatchNorm2d's)."""
+        stats = self.domains[self.domain]
+        stats.running_mean.zero_()
+        stats.running_var.fill_(1)
+        stats.num_batches_tracked.zero_()
 
     def set_domain(self, domain: int) -> None:
         if not 0 <= domain < self.num_domains:

@@ -12,6 +12,8 @@ normalization, training-mode backward) plus one per-channel correction pass in t
 
 from __future__ import annotations
 
+import os
+
 import torch.distributed as dist
 from torch import Tensor
 
@@ -42,6 +44,24 @@ def release_groups() -> None:
     _SUBGROUPS.clear()
 
 
+def world_size() -> int:
+    """Processes of this run: torch.distributed's, or WORLD_SIZE (set by torchrun before the group exists)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def sync_problem(nbs: int, batch_size: int, world: int) -> str | None:
+    """The Sync BN rule, for nbs > the per-device batch: nbs is a multiple of the batch, and the nbs / batch
+    consecutive ranks that share statistics divide the world. The problem as words, or None."""
+    if nbs % batch_size:
+        return "is Sync BN and must be a multiple of it"
+    ranks = nbs // batch_size
+    if world % ranks:
+        return f"is Sync BN over {ranks} processes, but this run has {world}"
+    return None
+
+
 def ranks_for_nbs(nbs: int, batch_size: int) -> int:
     """How many consecutive ranks make the normalization batch `nbs` out of per-device batches of `batch_size`."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -49,15 +69,10 @@ def ranks_for_nbs(nbs: int, batch_size: int) -> int:
             f"nbs={nbs} is larger than the per-device batch of {batch_size}: that is Sync BN, which needs "
             "torch.distributed to be initialized (or pass process_group=...). For one process use nbs <= batch size."
         )
-    if nbs % batch_size:
-        raise ValueError(f"nbs={nbs} must be a multiple of the per-device batch size {batch_size} for Sync BN")
-    ranks, world = nbs // batch_size, dist.get_world_size()
-    if world % ranks:
-        raise ValueError(
-            f"nbs={nbs} with per-device batch {batch_size} needs groups of {ranks} processes, "
-            f"which do not divide the world size {world}"
-        )
-    return ranks
+    problem = sync_problem(nbs, batch_size, dist.get_world_size())
+    if problem:
+        raise ValueError(f"nbs={nbs} > the per-device batch {batch_size} {problem}")
+    return nbs // batch_size
 
 
 def sync_batch_norm(

@@ -32,8 +32,41 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+import bnlab.norm.validate as check
+from bnlab.config_errors import ConfigError
 from bnlab.norm.batchnorm import BatchNorm2d
 from bnlab.norm.stats import batch_norm_with_moments, local_moments
+
+
+class VirtualBatchNorm2d(BatchNorm2d, config_name="virtual"):
+    """`norm=virtual`: a plain BatchNorm2d (nbs=None) whose model gets the reference batch attached."""
+
+    @classmethod
+    def from_config(cls, num_features: int, eps: float, momentum: float, reference_size: int, device=None,
+                    dtype=None) -> VirtualBatchNorm2d:  # fmt: skip
+        return cls(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check.momentum(cfg.norm)
+        check.positive_int(cfg.norm, "reference_size")
+
+    @classmethod
+    def attach(cls, model: nn.Module, cfg, data) -> None:
+        size, seed = int(cfg.norm.reference_size), int(cfg.data.split_seed)
+        attach_reference_batch(model, reference_batch(data.train, size, seed))
+
+
+def reference_batch(loader, size: int, seed: int) -> torch.Tensor:
+    """A fixed batch of `size` training images (seeded by data.split_seed, the same for every run seed), as the
+    loader preprocesses them without augmentation (Salimans et al. 2016, sec. 3.4: chosen once, at the start)."""
+    images = getattr(loader, "images", None)
+    if images is None:
+        raise ConfigError("norm.name", "virtual BN needs an in-memory dataset (fashion_mnist, cifar*, synthetic)")
+    if size > len(images):
+        raise ConfigError("norm.reference_size", f"{size} exceeds the {len(images)} training images")
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size]
+    return loader.transform(images[idx.to(images.device)])
 
 
 class ReferenceStats:

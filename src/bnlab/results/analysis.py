@@ -17,6 +17,7 @@ import pandas as pd
 from bnlab import REPO_ROOT
 from bnlab.results.collect import load, varying_keys
 from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 EXPERIMENTS_DIR = Path(os.environ.get("BNLAB_EXPERIMENTS", REPO_ROOT / "experiments"))
@@ -34,7 +35,7 @@ def load_study_module(study: str):
 
 
 def default_analysis(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
-    done = runs[runs["status"] == "completed"]
+    done = completed(runs)
     arms = varying_keys(done) or ["study"]
     metrics = [m for m in FINAL_METRICS if m in done]
     agg = aggregate(done, arms, metrics)

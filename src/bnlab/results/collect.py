@@ -199,13 +199,32 @@ def _describe(diff: dict) -> str:
     return ", ".join(shown) + (f", +{len(diff) - 4} more keys" if len(diff) > 4 else "")
 
 
+def _place_in_grid(runs: pd.DataFrame, grid) -> tuple[pd.Series, dict]:
+    """(inside the grid, per run; why each other run is not), labelling each outside run's `variant` in place."""
+    from bnlab.results.grid import run_identity, variant_label
+
+    inside, why = [], {}
+    for i, run_dir in zip(runs.index, runs["run_dir"]):
+        ident = run_identity(run_dir)
+        if ident is None:
+            inside.append(False)
+            runs.loc[i, "variant"], why[i] = "unreadable config", "config.yaml unreadable"
+        elif grid.contains(ident):
+            inside.append(True)
+        else:
+            diff = grid.difference(ident)
+            inside.append(False)
+            runs.loc[i, "variant"], why[i] = variant_label(diff), _describe(diff)
+    return pd.Series(inside, index=runs.index), why
+
+
 def collect_study(
     runs_root: str | Path, study: str, preset: str = "cpu", include_all: bool = False, conf: str | None = None
 ) -> Collected:
     """The runs of `study` for `preset` (cpu | gpu | none | all) under <runs_root>/<study>: the ones its sweep grid
     defines. Every run gets a `variant` column: '' for a grid run, else the keys by which it differs from the grid
     (e.g. 'optim.lr=0.05'); runs outside the grid are left out (a note names them) unless `include_all`."""
-    from bnlab.results.grid import StudyGrid, run_identity, variant_label
+    from bnlab.results.grid import StudyGrid
 
     study_dir = Path(runs_root) / study
     runs, epochs = collect(study_dir)
@@ -223,19 +242,7 @@ def collect_study(
             f"(preset {preset}); keys that differ between them: {varying_keys(runs) or 'none but the seed'}"
         )
     elif len(runs):
-        inside, why = [], {}
-        for i, run_dir in zip(runs.index, runs["run_dir"]):
-            ident = run_identity(run_dir)
-            if ident is None:
-                inside.append(False)
-                runs.loc[i, "variant"], why[i] = "unreadable config", "config.yaml unreadable"
-            elif grid.contains(ident):
-                inside.append(True)
-            else:
-                diff = grid.difference(ident)
-                inside.append(False)
-                runs.loc[i, "variant"], why[i] = variant_label(diff), _describe(diff)
-        inside = pd.Series(inside, index=runs.index)
+        inside, why = _place_in_grid(runs, grid)
         if preset != "all" and int(inside.sum()) < grid.size:
             out.notes.append(f"{int(inside.sum())} of the {grid.size} runs of the grid are here (preset {preset})")
         if (~inside).any():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bnlab.health_events import EVENTS
+
 
 def _val_errors(row: dict) -> str:
     """`running 14.2 batch 13.9 precise 512:13.1 2048:13.0` from the row's val_err_* (percent)."""
@@ -23,7 +25,5 @@ def format_row(row: dict, epochs: int | None = None) -> str:
         f"epoch {row['epoch']}{f'/{epochs}' if epochs else ''} lr {row['lr']:.3g} loss {row['train_loss']:.4g} | "
         f"err% train {100 * row['train_err']:.1f} {_val_errors(row)} | {row.get('epoch_time', 0.0):.0f}s"
     )
-    events = [
-        k.replace("_", " ") for k in ("collapsed_variance", "stale_ema", "batch_composition") if row.get(f"health/{k}")
-    ]
+    events = [k.replace("_", " ") for k in EVENTS if row.get(f"health/{k}")]
     return text + (f"  BN-HEALTH: {', '.join(events)}" if events else "")

@@ -12,7 +12,8 @@ tensors with one learning rate per model, so runs may differ in seed (initializa
 Everything else - architecture, norm layer, batch size - must be the same. Evaluation (`evaluate_stacked`) runs
 every model in eval mode (its own running statistics) on the same validation batches.
 
-Layers that cannot run under vmap are refused when the models are stacked, by name (`unstackable_layers`):
+Layers that cannot run under vmap are refused when the models are stacked (`unstackable_layers`; each norm layer
+says why itself, `why_not_stackable` in its file):
 Ghost / Sync BN (nbs) and Batch Renorm (their kernels are autograd.Functions without a vmap rule, or
 communicate), momentum=None (reads num_batches_tracked as a Python number), forward hooks (Virtual BN's reference
 batch, domain routing: they would act on the shared template, not per model) and tensors held outside parameters
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from bnlab.norm import BatchNorm2d, BatchRenorm2d
+from bnlab.norm.layer import why_not_stackable
 
 __all__ = ["StackedModels", "StackedSGD", "StackingError", "evaluate_stacked", "stacked_step", "unstackable_layers"]
 
@@ -47,16 +48,9 @@ def _why_not_stackable(m: nn.Module) -> str | None:
     """Why this one module cannot run under vmap with per-model state, or None if it can."""
     if m._forward_hooks or m._forward_pre_hooks:
         return "has forward hooks (Virtual BN's reference, domain routing, ...): they would act on one shared template"
-    if isinstance(m, BatchRenorm2d):  # before the BatchNorm checks: it subclasses nn.BatchNorm2d
-        return "Batch Renorm's fused kernels are a torch.autograd.Function without a vmap rule"
-    if isinstance(m, nn.SyncBatchNorm) or getattr(m, "process_group", None) is not None:
-        return "Sync BN communicates across processes"
-    if isinstance(m, BatchNorm2d) and m.nbs is not None:
-        return f"nbs={m.nbs} (Ghost / Sync BN) runs kernels without a vmap rule; use nbs=None (plain BN)"
-    if isinstance(m, BatchNorm2d) and m.virtual is not None:
-        return "Virtual BN's reference statistics are held by the layer, shared by every model"
-    if getattr(m, "momentum", 0.1) is None and hasattr(m, "num_batches_tracked"):
-        return "momentum=None (cumulative average) reads num_batches_tracked as a Python number, which vmap cannot"
+    reason = why_not_stackable(m)  # the norm layer's own answer (norm/layer.py)
+    if reason:
+        return reason
     held = [k for k, v in vars(m).items() if isinstance(v, Tensor)]
     if held:
         return f"holds tensor {held[0]!r} outside its parameters and buffers: every stacked model would share it"

@@ -86,7 +86,7 @@ class WandbLogger:
         mode: str | None = None,
     ):
         lcfg = cfg.logger
-        self.mode = mode or os.environ.get("WANDB_MODE") or lcfg.get("mode", "offline")
+        self.mode = mode or os.environ.get("WANDB_MODE") or lcfg.mode
         self.run = None
         self.replayed = 0
         if self.mode == "disabled" or not enabled:  # not enabled: a non-zero rank of a multi-process run
@@ -97,7 +97,7 @@ class WandbLogger:
         if self.mode == "offline":
             self._drop_offline_attempts(Path(run_dir), ident["id"], bool(history))
         self.run = wandb.init(
-            project=lcfg.get("project", "bnlab"),
+            project=lcfg.project,
             entity=lcfg.get("entity"),
             group=lcfg.get("group") or str(cfg.study),
             job_type=ident["job_type"],
