@@ -6,6 +6,7 @@ running_var, the largest eval-minus-train gap, the gap at the end (healed or not
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,13 +70,11 @@ def _event_cell(runs: pd.DataFrame) -> str:
     return "; ".join(parts) or "none"
 
 
-def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"].isin(["completed", "diverged"])].copy()
-    arms = _arm_order(done["arm"])
-    e = epochs.join(done.set_index("run_id")[["arm", "seed"]], on="run_id", how="inner").sort_values("epoch")
-    e["gap"] = e["val_loss_running"] - e["val_loss_batch"]
-    rvcol = "health/last_bn_running_var_min"
+RVCOL = "health/last_bn_running_var_min"
 
+
+def arm_table(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> list:
+    rvcol = RVCOL
     rows = []
     for arm in arms:
         d, c = done[done["arm"] == arm], e[e["arm"] == arm]
@@ -102,7 +101,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             if m in d:
                 row[label] = _fmt(d[m])
         rows.append(row)
-    written = write_table(
+    return write_table(
         pd.DataFrame(rows),
         out,
         "forum_table",
@@ -112,6 +111,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "start-up excluded) and the final one, final lr and final metrics.",
     )
 
+
+def losses_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> list:
     seeds = sorted(e["seed"].unique())
     bpe = done["train.batches_per_epoch"].dropna()
     xlabel = f'"epoch" ({int(bpe.iloc[0])} batches)' if len(bpe) else '"epoch"'
@@ -149,8 +150,14 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.01))
     fig.subplots_adjust(left=0.06, right=0.95, bottom=0.14, top=0.93, wspace=0.45, hspace=0.35)
-    written += save_figure(fig, out, "forum_losses")
+    return save_figure(fig, out, "forum_losses")
 
+
+def running_var_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> list:
+    seeds, rvcol = sorted(e["seed"].unique()), RVCOL
+    bpe = done["train.batches_per_epoch"].dropna()
+    xlabel = f'"epoch" ({int(bpe.iloc[0])} batches)' if len(bpe) else '"epoch"'
+    written = []
     if rvcol in e:
         fig, axes = new_figure(width=7.5, height=4.2)
         ax = axes[0][0]
@@ -198,4 +205,122 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         )
         ax.legend(fontsize=8, loc="upper right")
         written += save_figure(fig, out, "forum_last_bn_running_var")
+    return written
+
+
+# ------------------------------------------------- train/inference consistency of every trained model (post hoc)
+CONSISTENCY, SWAPS = "forum_consistency.csv", "forum_layer_swap.csv"
+RATIO_BATCHES = 50  # training batches over which E_B[1 / sigma_B] is averaged
+
+
+def consistency_of_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """One trained run: eval-mode, Precise-BN and training-mode val loss, the classifier input's moments in both
+    modes, the per-channel scale ratio E_B[1/sigma_B] * sigma_run, and the one-layer Precise-BN swaps."""
+    import copy
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from bnlab.diagnostics.consistency import head_moments, layer_swap, scale_ratio
+    from bnlab.norm import precise_bn
+    from bnlab.train.build import build
+    from bnlab.train.checkpoint import load_checkpoint
+    from bnlab.train.evaluate import evaluate
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    torch.manual_seed(int(cfg.seed))
+    job = build(cfg, "cpu")
+    model, data, loss_fn = job.model, job.data, job.loss_fn
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    row = {f"val_loss_{m}_end": evaluate(model, data.val, loss_fn, m)["loss"] for m in ("running", "batch")}
+    for m, key in ((True, "train"), (False, "eval")):
+        row.update({f"head_{k}_{key}": v for k, v in head_moments(model, data.val, train=m).items()})
+    ratios = scale_ratio(model, data.train, RATIO_BATCHES)
+    if not ratios:  # no running statistics (GroupNorm): nothing to swap
+        return row, []
+    allr = torch.cat(list(ratios.values()))
+    row.update(ratio_median=allr.median().item(), ratio_max=allr.max().item(),
+               ratio_frac_above_1_5=(allr > 1.5).float().mean().item())  # fmt: skip
+    precise = copy.deepcopy(model)
+    data.train.set_epoch(1)
+    precise_bn(precise, data.train, int(cfg.eval.precise_samples))
+    swaps = layer_swap(model, precise, data.val, loss_fn)
+    base = swaps[0]["loss"]
+    for s in swaps:
+        s["delta"] = s["loss"] - base  # < 0: this layer's running statistics carry part of the eval-mode gap
+        s["ratio_median"] = ratios[s["layer"]].median().item() if s["layer"] in ratios else float("nan")
+    row["val_loss_precise_end"] = swaps[1]["loss"]
+    return row, swaps
+
+
+def consistency_tables(done: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measured once per set of runs and cached beside the collected tables (run directories are needed then)."""
+    paths = Path(out) / CONSISTENCY, Path(out) / SWAPS
+    if paths[0].exists() and paths[1].exists():
+        cached = pd.read_csv(paths[0])
+        ids, have = set(done["run_id"].astype(str)), set(cached["run_id"].astype(str))
+        if have == ids or (not all(Path(d).is_dir() for d in done["run_dir"]) and have <= ids):
+            return cached, pd.read_csv(paths[1])
+    rows, swaps = [], []
+    for _, run in done.iterrows():
+        ids = {"run_id": run["run_id"], "arm": run["arm"], "seed": int(run["seed"])}
+        row, swap = consistency_of_run(Path(run["run_dir"]))
+        rows.append({**ids, **row})
+        swaps += [{**ids, **s} for s in swap]
+        print(f"[forum] consistency of {run['run_id']} ({run['arm']}, seed {run['seed']}) measured", flush=True)
+    table, swap_table = pd.DataFrame(rows), pd.DataFrame(swaps)
+    table.to_csv(paths[0], index=False)
+    swap_table.to_csv(paths[1], index=False)
+    return table, swap_table
+
+
+def consistency_summary(table: pd.DataFrame, swaps: pd.DataFrame, arms: list[str], out) -> list:
+    cols = {
+        "val_loss_running_end": "val loss, eval mode (EMA)",
+        "val_loss_precise_end": "val loss, Precise BN",
+        "val_loss_batch_end": "val loss, training mode",
+        "head_mean_train": "head input mean, training mode",
+        "head_mean_eval": "head input mean, eval mode",
+        "head_var_train": "head input var, training mode",
+        "head_var_eval": "head input var, eval mode",
+        "ratio_median": "E[1/sigma_B] sigma_run, median channel",
+        "ratio_max": "... largest channel",
+        "ratio_frac_above_1_5": "share of channels > 1.5",
+    }
+    rows = []
+    for arm in arms:
+        t = table[table["arm"] == arm]
+        row = {"arm": ARM_LABELS.get(arm, arm), "runs": len(t)}
+        row.update({label: _fmt(t[c]) for c, label in cols.items() if c in t})
+        s = swaps[(swaps["arm"] == arm) & ~swaps["layer"].isin(["(none)", "(all)"])] if len(swaps) else swaps
+        if len(s):
+            best = s.loc[s.groupby("run_id")["delta"].idxmin()]
+            row["layer whose Precise-BN swap lowers eval loss most (runs)"] = ", ".join(
+                f"{k} ({v})" for k, v in best["layer"].value_counts().items()
+            )
+            row["its loss change"] = _fmt(best["delta"])
+        rows.append(row)
+    return write_table(
+        pd.DataFrame(rows).fillna("–"),
+        out,
+        "forum_consistency_table",
+        "Train/inference consistency of the trained models (end of training, mean ± std over seeds): validation "
+        "loss with running (EMA), Precise-BN and batch statistics; the classifier input's mean and variance in "
+        "training and eval mode (the thread's features); the per-channel ratio E_B[1/sigma_B] * sigma_run over "
+        f"{RATIO_BATCHES} training batches (> 1: the channel is smaller in eval mode than in training); and the BN "
+        "layer whose running statistics, replaced by Precise BN's alone, lower the eval-mode loss most.",
+    )
+
+
+def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
+    done = runs[runs["status"].isin(["completed", "diverged"])].copy()
+    arms = _arm_order(done["arm"])
+    e = epochs.join(done.set_index("run_id")[["arm", "seed"]], on="run_id", how="inner").sort_values("epoch")
+    e["gap"] = e["val_loss_running"] - e["val_loss_batch"]
+    written = arm_table(done, e, arms, out)
+    written += losses_figure(done, e, arms, out)
+    written += running_var_figure(done, e, arms, out)
+    table, swaps = consistency_tables(done[done["status"] == "completed"], Path(out))
+    written += [Path(out) / CONSISTENCY, Path(out) / SWAPS]
+    written += consistency_summary(table, swaps, arms, out)
     return written

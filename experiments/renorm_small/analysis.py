@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from bnlab.results.claim_tests import mean_ci
 from bnlab.results.figures import errorbar_lines, mean_curves, new_figure, save_figure
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -37,15 +38,6 @@ def schedule_steps(runs: pd.DataFrame) -> tuple[int, int, int] | None:
     return tuple(round(row[f"norm.{k}"] * scale) for k in ("warmup_steps", "d_max_full_at", "r_max_full_at"))
 
 
-def paired_t(d: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float, float]:
-    """Mean of paired differences, its (1 - alpha) CI from the t distribution over seeds, and the two-sided p."""
-    n = len(d)
-    se = d.std(ddof=1) / np.sqrt(n)
-    half = scipy_stats.t.ppf(1 - alpha / 2, n - 1) * se
-    p = float(2 * scipy_stats.t.sf(abs(d.mean()) / se, n - 1)) if se > 0 else float(d.mean() == 0)
-    return d.mean(), d.mean() - half, d.mean() + half, p
-
-
 def fieller(g: np.ndarray, loss: np.ndarray, alpha: float = 0.05) -> tuple[float, float] | None:
     """Fieller's (1 - alpha) interval for mean(g) / mean(loss) from paired per-seed values; None when the loss's
     own interval reaches 0 (the interval is then unbounded: a fraction of nothing)."""
@@ -74,8 +66,8 @@ def recovery(done: pd.DataFrame, metric: str, k: int) -> dict:
         return {}
     bn_k, brn_k, bn_32 = (wide[c].to_numpy() for c in cols)
     gain_d, loss_d = brn_k - bn_k, bn_32 - bn_k
-    loss, llo, lhi, lp = paired_t(loss_d)
-    gain, glo, ghi, gp = paired_t(gain_d)
+    loss, llo, lhi, lp = mean_ci(loss_d)
+    gain, glo, ghi, gp = mean_ci(gain_d)
     interval = fieller(gain_d, loss_d)
     return {
         "nbs": k,

@@ -227,6 +227,17 @@ def _rows(table: pd.DataFrame, arm: Arm, metric: str, transform: str) -> pd.Seri
     return values.groupby(seeds.loc[values.index].astype(str)).mean()
 
 
+def mean_ci(d, alpha: float = 0.05) -> tuple[float, float, float, float]:
+    """Mean of per-seed values (e.g. paired differences), its (1 - alpha) CI from the t distribution over seeds,
+    and the two-sided p of mean = 0: the interval every declared test reports, for analyses that need it too."""
+    d = np.asarray(d, dtype=float)
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    if se == 0:
+        return d.mean(), d.mean(), d.mean(), float(d.mean() == 0)
+    half = stats.t.ppf(1 - alpha / 2, len(d) - 1) * se
+    return d.mean(), d.mean() - half, d.mean() + half, float(2 * stats.t.sf(abs(d.mean()) / se, len(d) - 1))
+
+
 def _differences(spec: TestSpec, a: pd.Series, b: pd.Series | None) -> tuple[float, float, float, int, int]:
     """(estimate, standard error, degrees of freedom, n_a, n_b) of a - b."""
     if b is None:  # one sample against a constant
