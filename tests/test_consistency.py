@@ -26,7 +26,9 @@ def test_scale_ratio_is_mean_inverse_batch_sigma_times_running_sigma():
     before = copy.deepcopy(net.state_dict())
     ratio = scale_ratio(net, batches, n_batches=4)["1"]
     conv = net[0]
-    inv = torch.stack([(conv(x).transpose(0, 1).flatten(1).var(1, unbiased=False) + 1e-5).rsqrt() for x, _ in batches[:4]])
+    inv = torch.stack(
+        [(conv(x).transpose(0, 1).flatten(1).var(1, unbiased=False) + 1e-5).rsqrt() for x, _ in batches[:4]]
+    )
     torch.testing.assert_close(ratio, inv.mean(0) * (2.0 + 1e-5) ** 0.5, rtol=1e-5, atol=1e-6)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing moved
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bnlab.health_events import EVENTS
 from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.runs import arm_order, completed
 from bnlab.results.tables import mean_std_text, write_table
 
 ARM_ORDER = ["bn_high_lr", "bn_low_lr", "bn_eps0.1", "groupnorm", "brn"]
@@ -27,7 +29,7 @@ CURVES = {  # the thread's colours: blue train, red val (eval mode); ours adds t
     "val_loss_running": ("val loss, eval mode (EMA)", "tab:red", "-"),
     "val_loss_batch": ("val loss, train mode (batch stats)", "tab:green", "--"),
 }
-CAUSES = {"collapsed_variance": "collapsed variance", "stale_ema": "stale EMA", "batch_composition": "batch comp."}
+CAUSES = {**EVENTS, "batch_composition": "batch comp."}  # the monitor's event names (one list), shortened for the table
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.18e-38: below it float32 is denormal
 FIXED_POINT = 4 * 2.0**-149  # 5.6e-45: PyTorch's EMA at momentum 0.1 stops here (0.9 x 4 x 2^-149 rounds to itself)
 FLOOR = 1e-46  # where an exact 0 is drawn on the log axis
@@ -42,7 +44,7 @@ def _events(cell) -> list[dict]:
 
 
 def _arm_order(arms) -> list[str]:
-    return [a for a in ARM_ORDER if a in set(arms)] + sorted(set(arms) - set(ARM_ORDER))
+    return arm_order(arms, ARM_ORDER)
 
 
 def _fmt(values: pd.Series, digits: int = 3) -> str:
@@ -219,19 +221,14 @@ def consistency_of_run(run_dir: Path) -> tuple[dict, list[dict]]:
     import copy
 
     import torch
-    from omegaconf import OmegaConf
 
     from bnlab.diagnostics.consistency import head_moments, layer_swap, scale_ratio
     from bnlab.norm import precise_bn
-    from bnlab.train.build import build
-    from bnlab.train.checkpoint import load_checkpoint
     from bnlab.train.evaluate import evaluate
+    from bnlab.train.trained import load_run
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    torch.manual_seed(int(cfg.seed))
-    job = build(cfg, "cpu")
+    cfg, job = load_run(run_dir)
     model, data, loss_fn = job.model, job.data, job.loss_fn
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     row = {f"val_loss_{m}_end": evaluate(model, data.val, loss_fn, m)["loss"] for m in ("running", "batch")}
     for m, key in ((True, "train"), (False, "eval")):
         row.update({f"head_{k}_{key}": v for k, v in head_moments(model, data.val, train=m).items()})
@@ -313,14 +310,14 @@ def consistency_summary(table: pd.DataFrame, swaps: pd.DataFrame, arms: list[str
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"].isin(["completed", "diverged"])].copy()
+    done = completed(runs, "diverged")
     arms = _arm_order(done["arm"])
     e = epochs.join(done.set_index("run_id")[["arm", "seed"]], on="run_id", how="inner").sort_values("epoch")
     e["gap"] = e["val_loss_running"] - e["val_loss_batch"]
     written = arm_table(done, e, arms, out)
     written += losses_figure(done, e, arms, out)
     written += running_var_figure(done, e, arms, out)
-    table, swaps = consistency_tables(done[done["status"] == "completed"], Path(out))
+    table, swaps = consistency_tables(completed(done), Path(out))
     written += [Path(out) / CONSISTENCY, Path(out) / SWAPS]
     written += consistency_summary(table, swaps, arms, out)
     return written

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.runs import arm_order, completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 ARMS = {  # arm -> label, in table order
@@ -49,7 +50,7 @@ PROBE_BATCHES = 40
 
 
 def ordered_arms(present) -> list[str]:
-    return [a for a in ARMS if a in set(present)]
+    return arm_order(present, list(ARMS))
 
 
 def _accuracies(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -65,17 +66,10 @@ def _accuracies(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def probe_run(run_dir: Path) -> list[dict]:
     """Mate-swap accuracies of one trained run on its test images, at every probe composition."""
-    import torch
-    from omegaconf import OmegaConf
-
     from bnlab.diagnostics.batch_dependence import mate_swap
-    from bnlab.train.build import build
-    from bnlab.train.checkpoint import load_checkpoint
+    from bnlab.train.trained import load_run
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    torch.manual_seed(int(cfg.seed))
-    job = build(cfg, "cpu")
-    job.model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    _, job = load_run(run_dir)
     val = job.data.val
     rows = []
     for k, m in COMPOSITIONS:
@@ -224,7 +218,7 @@ def contrasts(done: pd.DataFrame, out) -> list:
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"]
+    done = completed(runs)
     written = accuracy_table(done, out) + contrasts(done, out)
     written += curves_figure(done, epochs, out)
     probe = probe_table(done, Path(out))

@@ -9,6 +9,7 @@ from scipy import stats as scipy_stats
 
 from bnlab.results.claim_tests import mean_ci
 from bnlab.results.figures import errorbar_lines, mean_curves, new_figure, save_figure
+from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 # Ioffe 2017, sec. 4.2 (Inception v3, ImageNet, top-1 %): arm -> (accuracy, at step)
@@ -89,7 +90,7 @@ def recovery(done: pd.DataFrame, metric: str, k: int) -> dict:
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = runs[runs["status"] == "completed"].copy()
+    done = completed(runs)
     done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
     done["arm"] = arm_label(done)
     for mode in MODES:
