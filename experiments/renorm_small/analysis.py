@@ -101,12 +101,15 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     agg = aggregate(done, ["arm", "norm.name", "nbs"], metrics).sort_values(["nbs", "norm.name"])
     table = mean_std_cells(agg, metrics).drop(columns=["norm.name", "nbs"])
     table["source top-1 (Inception v3 / ImageNet)"] = table["arm"].map(SOURCE).fillna("")
+    table = table.rename(columns={**{f"test_acc_{m}": f"test acc, {label}" for m, label in MODES.items()},
+                                  "train_acc": "train acc (batch stats, during training)"})  # fmt: skip
+    micro = " or ".join(str(k) for k in sorted(done["nbs"].unique()) if k < 32)
     written = write_table(
         table,
         out,
         "renorm_small_table",
-        "Final accuracy (%), mean ± std over seeds; SGD batch 32, normalization over micro-batches of 2 or 4 or "
-        "the whole batch.",
+        f"Final accuracy (%), mean ± std over seeds; SGD batch 32, normalization over micro-batches of {micro} or "
+        "the whole batch (NBS 32).",
     )
 
     rows = [
