@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bnlab.config_errors import ConfigError
+from bnlab.runner import run
 from bnlab.train.distributed import DeviceCountError, check_device_count, launched_rank
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY, compose_cfg
 

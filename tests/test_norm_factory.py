@@ -11,7 +11,7 @@ from torch import nn
 from bnlab.config import validate
 from bnlab.config_errors import ConfigError
 from bnlab.norm import NORMS, BatchNorm2d, BatchRenorm2d, FrozenBatchNorm2d, SeparateBatchNorm2d, build_norm
-from bnlab.train.loop import run
+from bnlab.runner import run
 from conftest import compose_cfg
 
 

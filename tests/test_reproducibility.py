@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import torch
 
-from bnlab.train.loop import run
+from bnlab.runner import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY
 
