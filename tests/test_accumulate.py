@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from bnlab.norm import BatchNorm2d
+from bnlab.runner import run
 from bnlab.train.accumulate import GradientAccumulator, optimizer_steps
 from bnlab.train.checkpoint import load_checkpoint
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir, run_id
 
 

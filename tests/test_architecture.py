@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles inside src/bnlab, and every console script resolves to a callable."""
+"""The package's shape: no import cycles inside src/bnlab, imports run down its layers, and every console script
+resolves to a callable."""
 
 from __future__ import annotations
 
@@ -70,6 +71,54 @@ def test_no_import_cycles_in_bnlab():
     assert "bnlab.train.loop" in graph and graph["bnlab.train.loop"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# Layers, lowest first: a module imports only from its own layer or those below. A module's layer is that of the
+# longest prefix listed. Entry points sit above everything wherever their file lives.
+LAYERS = [
+    ["bnlab", "bnlab.config_errors", "bnlab.registry", "bnlab.utils"],
+    ["bnlab.norm", "bnlab.models", "bnlab.data"],
+    ["bnlab.train"],  # build, the loop, checkpoint, launch: knows no config checks and no diagnostics
+    ["bnlab.config", "bnlab.cost", "bnlab.results"],
+    ["bnlab.diagnostics"],
+    ["bnlab.runner", "bnlab.plan"],  # one run: validates, builds, hands fit its hooks; plan checks a sweep
+    ["bnlab.sweep"],
+    ["bnlab.cli", "bnlab.train.__main__"],
+]
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    best = None  # (prefix length, layer)
+    for i, prefixes in enumerate(layers):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), i)
+    return None if best is None else best[1]
+
+
+def upward_arrows(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    return sorted(
+        f"{src} -> {dst}"
+        for src, dsts in graph.items()
+        for dst in dsts
+        if layer_of(src, layers) < layer_of(dst, layers)
+    )
+
+
+def test_the_layer_rule_finds_an_upward_arrow():
+    layers = [["a"], ["b"], ["a.entry"]]
+    graph = {"a.loop": {"b"}, "b": {"a.x"}, "a.entry": {"b"}}
+    assert upward_arrows(graph, layers) == ["a.loop -> b"]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in import_graph() if layer_of(m) is None] == []
+
+
+def test_imports_run_down_the_layers():
+    """The loop, checkpoint and launcher (train) reach neither config checks nor diagnostics: the runner above
+    them validates and hands `fit` the health monitor as a hook. Only the entry points import from above."""
+    assert upward_arrows(import_graph()) == []
 
 
 def _console_scripts() -> dict[str, str]:

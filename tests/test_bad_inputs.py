@@ -113,7 +113,7 @@ def test_device_cuda_without_cuda_is_refused_when_the_run_starts(tiny_cfg):
     the machine that submits it, e.g. a SLURM login node without CUDA."""
     from bnlab.config import validate
     from bnlab.config_errors import ConfigError
-    from bnlab.train.loop import run
+    from bnlab.runner import run
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

@@ -15,7 +15,7 @@ from bnlab import CONF_DIR
 from bnlab.cli import main as cli_main
 from bnlab.results import grid as grid_module
 from bnlab.results.collect import collect
-from bnlab.train.loop import run
+from bnlab.runner import run
 
 SYNTHETIC = ["data=synthetic", "data.n_train=256", "data.n_test=128", "data.train_subset=null"]
 SYNTHETIC += ["data.val_subset=null", "model.width=0.25", "health.enabled=false"]

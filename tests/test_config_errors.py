@@ -6,8 +6,8 @@ import pytest
 
 from bnlab.config_errors import ConfigError
 from bnlab.data.errors import DatasetNotFoundError
+from bnlab.runner import run
 from bnlab.train.checkpoint import CheckpointError
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY, run_entry_point
 

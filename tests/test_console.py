@@ -13,8 +13,8 @@ from bnlab.cli import main as cli_main
 from bnlab.cli import studies
 from bnlab.config_errors import ConfigError
 from bnlab.diagnostics.health import HealthConfig
+from bnlab.runner import run
 from bnlab.train.console import format_row
-from bnlab.train.loop import run
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bnlab.runner import run
 from bnlab.train.accumulate import GradientAccumulator
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
 
 NO_CUDA = "needs a CUDA device (run on a GPU box: make test)"

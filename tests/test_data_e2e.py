@@ -1,4 +1,4 @@
-"""The real training entry (`bnlab.train.loop.run`) with the new samplers, datasets and models, on tiny data."""
+"""The real training entry (`bnlab.runner.run`) with the new samplers, datasets and models, on tiny data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from bnlab.train.loop import run
+from bnlab.runner import run
 
 FINITE = ("train_loss", "train_err", "val_loss_running", "val_err_running", "val_loss_batch", "val_err_batch")
 

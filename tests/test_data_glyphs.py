@@ -121,7 +121,7 @@ def test_eval_train_images_off_keeps_run_hashes():
 def test_run_records_eval_mode_error_on_training_images(tmp_path):
     from bnlab.models import build_model
     from bnlab.norm import build_norm
-    from bnlab.train.loop import run
+    from bnlab.runner import run
     from conftest import TINY
 
     cfg = compose_cfg([*TINY, "data=synthetic", "train.epochs=1", "eval.train_images=128"], tmp_path)

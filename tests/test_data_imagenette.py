@@ -14,7 +14,7 @@ from bnlab.data import build_data
 from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.imagenette import transforms
 from bnlab.data.worker_loader import WorkerLoader
-from bnlab.train.loop import run
+from bnlab.runner import run
 from conftest import compose_cfg
 
 WNIDS = ["n01440764", "n02102040", "n03000684"]  # tench, English springer, chain saw

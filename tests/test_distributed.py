@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bnlab.config_errors import ConfigError
-from bnlab.train.loop import run
+from bnlab.runner import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY, compose_cfg
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bnlab.config_errors import ConfigError
+from bnlab.runner import run
 from bnlab.train.distributed import DeviceCountError, check_device_count, launched_rank
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY, compose_cfg
 
@@ -81,7 +81,8 @@ def test_ranks_come_from_torchrun_variables(monkeypatch):
 
 def test_ranks_come_from_srun_variables(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SUBMITIT_EXECUTOR", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded even when unset, so what launched_rank exports is removed afterwards
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "1")

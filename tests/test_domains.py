@@ -15,8 +15,8 @@ from bnlab.config_errors import ConfigError
 from bnlab.data import build_data
 from bnlab.data.domains import SOURCE, TARGET, shift_images
 from bnlab.norm import SeparateBatchNorm2d, route_domains, use_domain
+from bnlab.runner import run
 from bnlab.train.checkpoint import load_checkpoint
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir, run_id
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}

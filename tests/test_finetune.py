@@ -13,9 +13,9 @@ from bnlab.config_errors import ConfigError
 from bnlab.data import build_data
 from bnlab.models import build_model
 from bnlab.norm import BatchNorm2d, FrozenBatchNorm2d, build_norm, precise_bn
+from bnlab.runner import run
 from bnlab.train.checkpoint import load_checkpoint
 from bnlab.train.finetune import prepare_finetune
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir, run_id
 
 SMALL = ["train.epochs=1", "data.train_subset=256", "eval.modes=[running]", "health.enabled=false"]

@@ -12,7 +12,7 @@ import math
 import pytest
 from omegaconf import open_dict
 
-from bnlab.train.loop import run
+from bnlab.runner import run
 from test_data_cifar import write_cifar10
 from test_studies import STUDIES, compose_point, sweep_grid
 

@@ -16,9 +16,9 @@ from bnlab.data import build_data
 from bnlab.diagnostics.health import BNHealthMonitor, HealthConfig, bn_layers
 from bnlab.models import build_model
 from bnlab.norm import build_norm
+from bnlab.runner import run
 from bnlab.train.checkpoint import load_checkpoint
 from bnlab.train.evaluate import evaluate, mode, preserved_buffers
-from bnlab.train.loop import run
 from bnlab.train.losses import build_loss
 
 FIXED_POINT = 4 * 2.0**-149  # 5.605e-45: float32 0.9 * 4 x 2^-149 = 3.6 x 2^-149 rounds back to 4 x 2^-149

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from bnlab.train.loop import run
+from bnlab.runner import run
 from bnlab.train.losses import bce_soft_f1, soft_f1
 
 

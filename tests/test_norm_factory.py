@@ -12,7 +12,7 @@ from bnlab.config import validate
 from bnlab.config_errors import ConfigError
 from bnlab.norm import NORMS, BatchNorm2d, BatchRenorm2d, FrozenBatchNorm2d, SeparateBatchNorm2d, build_norm
 from bnlab.norm.layer import LAYERS
-from bnlab.train.loop import run
+from bnlab.runner import run
 from conftest import compose_cfg
 
 

@@ -224,7 +224,7 @@ def test_frozen_ema_after_many_steps_approaches_precise_bn():
 
 
 def test_ema_frozen_eval_mode_in_a_training_run(tiny_cfg):
-    from bnlab.train.loop import run
+    from bnlab.runner import run
 
     summary = run(tiny_cfg("eval.modes=[running,ema_frozen]", "train.epochs=1"))
     assert summary["status"] == "completed"

@@ -13,8 +13,8 @@ from bnlab.data.samplers import EVAL_SAMPLERS, SAMPLERS
 from bnlab.models import MODELS
 from bnlab.norm import NORMS
 from bnlab.registry import Registry
+from bnlab.runner import run
 from bnlab.train.__main__ import CONF_DIR
-from bnlab.train.loop import run
 from bnlab.train.losses import LOSSES
 from bnlab.train.optim import OPTIMIZERS, SCHEDULES
 

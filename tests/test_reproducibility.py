@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bnlab.train.loop import run
+from bnlab.runner import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY
 

@@ -15,8 +15,8 @@ from bnlab.cli import joined_study
 from bnlab.config import validate
 from bnlab.models import build_model
 from bnlab.norm import build_norm
+from bnlab.runner import run
 from bnlab.train.__main__ import CONF_DIR
-from bnlab.train.loop import run
 from bnlab.train.optim import build_optimizer
 
 STUDIES = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

@@ -15,7 +15,7 @@ import pytest
 
 from bnlab.results.analysis import default_analysis
 from bnlab.results.collect import collect, load, save, varying_keys
-from bnlab.train.loop import run
+from bnlab.runner import run
 from conftest import TINY
 
 SWEEP_ARGS = [*TINY, "train.epochs=1", "data.train_subset=256", "data.val_subset=128"]

@@ -15,8 +15,8 @@ import pytest
 from bnlab.cli import main as cli_main
 from bnlab.config_errors import ConfigError
 from bnlab.plan import run_state
+from bnlab.runner import run
 from bnlab.sweep import run_statuses
-from bnlab.train.loop import run
 from bnlab.train.run_dir import RunDir
 from conftest import TINY, compose_cfg
 
@@ -109,6 +109,7 @@ def test_written_files_follow_the_umask(tiny_cfg):
 
 
 def test_full_disk_reports_the_first_error_not_the_second(tiny_cfg, monkeypatch, capsys):
+    import bnlab.runner as runner
     import bnlab.train.loop as loop
     from bnlab.train.__main__ import report
 
@@ -116,7 +117,7 @@ def test_full_disk_reports_the_first_error_not_the_second(tiny_cfg, monkeypatch,
         raise OSError(errno.ENOSPC, "No space left on device", "checkpoint.pt")
 
     monkeypatch.setattr(loop, "save", no_space)
-    monkeypatch.setattr(loop, "atomic_write_text", no_space)  # error.txt cannot be written either
+    monkeypatch.setattr(runner, "atomic_write_text", no_space)  # error.txt cannot be written either
     with pytest.raises(OSError) as err:
         run(tiny_cfg("train.epochs=1"))
     assert err.value.errno == errno.ENOSPC and err.value.__context__ is None  # not hidden under a second ENOSPC

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf, open_dict
 from bnlab.config_errors import ConfigError
 from bnlab.models import build_model
 from bnlab.norm import build_norm
+from bnlab.runner import run
 from bnlab.train.fast import prepare_training_model
-from bnlab.train.loop import run
 from bnlab.train.run_dir import run_id
 
 

@@ -106,7 +106,7 @@ def test_resume_replays_the_epochs_the_wandb_run_lacks(fake_wandb, tmp_path):
 def test_sync_rebuilds_a_run_from_metrics_csv(tiny_cfg, tmp_path, monkeypatch, fake_wandb):
     """`bnlab sync <study>`: a run trained without W&B gets a W&B run with every epoch and its final status."""
     from bnlab.cli import main
-    from bnlab.train.loop import run
+    from bnlab.runner import run
 
     small = ["data=synthetic", "data.n_train=256", "data.n_test=128", "data.train_subset=null", "data.val_subset=null"]
     summary = run(tiny_cfg("study=syncme", "train.epochs=2", "model.width=0.25", *small))

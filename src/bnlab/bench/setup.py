@@ -20,7 +20,7 @@ def compose(model: str, extra: list[str] = ()):
 
 
 class Setup:
-    """Model, optimizer, schedule, loss and data of one config, as bnlab.train.loop.run builds them."""
+    """Model, optimizer, schedule, loss and data of one config, as bnlab.runner.run builds them."""
 
     def __init__(self, model: str, extra: list[str] = ()):
         from bnlab.data import build_data

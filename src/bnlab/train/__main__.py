@@ -48,7 +48,7 @@ def _single_run_outcome(summary: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def task(cfg: DictConfig) -> float | None:
-    from bnlab.train.loop import run
+    from bnlab.runner import run
     from bnlab.train.wandb_logger import run_labels
 
     hydra_cfg = HydraConfig.get()

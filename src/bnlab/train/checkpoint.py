@@ -1,7 +1,7 @@
 """Checkpoints: written atomically each epoch; a corrupt one is reported by path before training resumes.
 
 `Progress` is where a run stands (epochs, steps, history, wall time); `save` writes it with the model, optimizer,
-schedule and health events, and `resume` restores all of them, so a killed run continues exactly.
+schedule and each hook's state (train/hooks.py), and `resume` restores all of them, so a killed run continues exactly.
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ class Progress:
         return self.wall_before + time.time() - self.started
 
 
-def resume(cfg, rd: RunDir, job, monitor, rank=SINGLE) -> Progress:  # job: train.build.Built (not imported: no cycle)
+def _hook_states(state: dict) -> dict:
+    """{hook name: its state}. Checkpoints written before fit took hooks kept the health monitor's events alone."""
+    return state["hooks"] if "hooks" in state else {"health": {"events": state.get("health_events", [])}}
+
+
+def resume(cfg, rd: RunDir, job, hooks=(), rank=SINGLE) -> Progress:  # job: train.build.Built (not imported: no cycle)
     """Continue from <run_dir>/checkpoint.pt when there is one (and train.resume), else start fresh."""
     if not (cfg.train.get("resume", True) and rd.checkpoint.exists()):
         if rank.main:
@@ -63,13 +68,14 @@ def resume(cfg, rd: RunDir, job, monitor, rank=SINGLE) -> Progress:  # job: trai
     job.model.load_state_dict(state["model"])
     job.optimizer.load_state_dict(state["optimizer"])
     job.schedule.load_state_dict(state["schedule"])
-    if monitor is not None:
-        monitor.events = state.get("health_events", [])
+    states = _hook_states(state)
+    for hook in hooks:
+        hook.load_state_dict(states.get(hook.name, {}))
     print(f"[bnlab] resuming {rd.root} from epoch {state['epoch']}")
     return Progress(state["epoch"], state["step"], state["history"], state.get("wall_time", 0.0))
 
 
-def save(rd: RunDir, job, progress: Progress, monitor) -> None:
+def save(rd: RunDir, job, progress: Progress, hooks=()) -> None:
     save_checkpoint(
         rd.checkpoint,
         model=job.model.state_dict(),
@@ -79,5 +85,5 @@ def save(rd: RunDir, job, progress: Progress, monitor) -> None:
         step=progress.step,
         history=progress.history,
         wall_time=progress.wall_time(),
-        health_events=monitor.events if monitor else [],
+        hooks={hook.name: hook.state_dict() for hook in hooks},
     )

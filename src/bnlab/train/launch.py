@@ -1,7 +1,7 @@
 """The ranks of a multi-process run (train.processes > 1), started by bnlab or by the user's engine.
 
 - `launch_ranks`: the run's parent holds the run lock, spawns the ranks on this machine and waits. The ranks run
-  the entry function they are handed (bnlab.train.loop.run), as pycls's multi_proc_run.
+  the entry function they are handed (bnlab.runner.run), as pycls's multi_proc_run.
 - `join_launched_ranks`: this process is one of the ranks torchrun or SLURM tasks started (distributed.launched_rank);
   it joins the group through env://, rank 0 holds the run lock, every rank runs the entry function.
 Either way rank 0 writes the run directory; a run whose ranks died before writing the summary is recorded here, so
