@@ -102,8 +102,7 @@ def bench_norm_train(n_batches: int, rounds: int, model: str = "resnet20") -> li
 def bench_overhead(models, n_batches: int) -> list[dict]:
     """Per epoch of the CPU preset: training, data loading alone, evaluation and monitor, in seconds."""
     from bnlab.diagnostics import build_monitor
-    from bnlab.train.evaluate import evaluate
-    from bnlab.train.evaluate import eval_variants
+    from bnlab.train.evaluate import eval_variants, evaluate
 
     rows = []
     for model in models:
