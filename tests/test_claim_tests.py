@@ -107,6 +107,16 @@ def test_failed_runs_are_left_out(tmp_path):
     assert run_test(_spec(), tmp_path).n_a == 4
 
 
+def test_runs_outside_the_grid_are_left_out(tmp_path):
+    _table(tmp_path, A, B)
+    t = pd.read_csv(tmp_path / "runs.csv")
+    t["variant"] = ""
+    extra = t[t["arm"] == "x"].assign(variant="sampler.k=4", err=0.9)  # same arm and seeds, another setting
+    pd.concat([t, extra]).to_csv(tmp_path / "runs.csv", index=False)
+    r = run_test(_spec(), tmp_path)
+    assert r.n_a == 5 and abs(r.estimate - (np.mean(A) - np.mean(B))) < 1e-12
+
+
 def test_metric_may_be_an_expression_of_columns(tmp_path):
     pd.DataFrame(
         {

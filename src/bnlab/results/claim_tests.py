@@ -204,10 +204,12 @@ def parse_tests(raw, where: str) -> list[TestSpec]:
 
 
 def _rows(table: pd.DataFrame, arm: Arm, metric: str, transform: str) -> pd.Series:
-    """One value per seed: the arm's rows (completed runs only, where the table has a status), averaged per seed."""
+    """One value per seed: the arm's rows (completed grid runs only, where the table says), averaged per seed."""
     rows = table
     if "status" in rows:
         rows = rows[rows["status"].astype(str) == "completed"]
+    if "variant" in rows:  # runs outside the study's grid (collect --all) are exploratory, never in a declared test
+        rows = rows[rows["variant"].fillna("").astype(str) == ""]
     for col, want in arm.where.items():
         if col not in rows:
             raise KeyError(f"column {col!r}")
