@@ -89,14 +89,7 @@ def recovery(done: pd.DataFrame, metric: str, k: int) -> dict:
     }
 
 
-def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
-    done = completed(runs)
-    done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
-    done["arm"] = arm_label(done)
-    for mode in MODES:
-        if f"val_err_{mode}" in done:
-            done[f"test_acc_{mode}"] = 1 - done[f"val_err_{mode}"]
-    done["train_acc"] = 1 - done["train_err"]
+def accuracy_table(done: pd.DataFrame, out) -> list:
     metrics = [m for m in (*(f"test_acc_{m}" for m in MODES), "train_acc") if m in done]
     agg = aggregate(done, ["arm", "norm.name", "nbs"], metrics).sort_values(["nbs", "norm.name"])
     table = mean_std_cells(agg, metrics).drop(columns=["norm.name", "nbs"])
@@ -104,7 +97,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     table = table.rename(columns={**{f"test_acc_{m}": f"test acc, {label}" for m, label in MODES.items()},
                                   "train_acc": "train acc (batch stats, during training)"})  # fmt: skip
     micro = " or ".join(str(k) for k in sorted(done["nbs"].unique()) if k < 32)
-    written = write_table(
+    return write_table(
         table,
         out,
         "renorm_small_table",
@@ -112,6 +105,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         "the whole batch (NBS 32).",
     )
 
+
+def recovery_table(done: pd.DataFrame, out) -> list:
     rows = [
         recovery(done, m, k)
         for m in ("test_acc_running", "test_acc_precise")
@@ -119,22 +114,25 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
         for k in sorted(n for n in done["nbs"].unique() if n < 32)
     ]
     rec = pd.DataFrame([r for r in rows if r])
-    if not rec.empty:
-        for c in ("BN_k", "BRN_k", "BN_32", "loss BN_32 - BN_k", "gain BRN_k - BN_k"):
-            rec[c] = rec[c].map(lambda v: f"{v:.1f}")
-        for c in ("loss p", "gain p"):
-            rec[c] = rec[c].map(lambda v: f"{v:.2g}")
-        rec["recovery"] = rec["recovery"].map(lambda v: "–" if v != v else f"{v:.0%}")
-        written += write_table(
-            rec,
-            out,
-            "renorm_small_recovery",
-            "Recovery fraction (BRN_k - BN_k) / (BN_32 - BN_k) of final test accuracy (%), seeds paired across arms; "
-            "loss and gain with 95% CIs from the t distribution over seeds and two-sided p; the fraction with "
-            "Fieller's 95% interval, left undefined where the loss's CI reaches 0. Paper: (76.5 - 74.2) / "
-            "(78.3 - 74.2). Exploratory below 5 seeds (experiments/renorm_small/claim.yaml).",
-        )
+    if rec.empty:
+        return []
+    for c in ("BN_k", "BRN_k", "BN_32", "loss BN_32 - BN_k", "gain BRN_k - BN_k"):
+        rec[c] = rec[c].map(lambda v: f"{v:.1f}")
+    for c in ("loss p", "gain p"):
+        rec[c] = rec[c].map(lambda v: f"{v:.2g}")
+    rec["recovery"] = rec["recovery"].map(lambda v: "–" if v != v else f"{v:.0%}")
+    return write_table(
+        rec,
+        out,
+        "renorm_small_recovery",
+        "Recovery fraction (BRN_k - BN_k) / (BN_32 - BN_k) of final test accuracy (%), seeds paired across arms; "
+        "loss and gain with 95% CIs from the t distribution over seeds and two-sided p; the fraction with "
+        "Fieller's 95% interval, left undefined where the loss's CI reaches 0. Paper: (76.5 - 74.2) / "
+        "(78.3 - 74.2). Exploratory below 5 seeds (experiments/renorm_small/claim.yaml).",
+    )
 
+
+def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     curve_mode = next((m for m in ("precise", "batch") if f"val_err_{m}" in epochs), "running")
     curves = epochs.join(done.set_index("run_id")[["arm", "nbs", "norm.name"]], on="run_id", how="inner")
     curves["acc"] = 1 - curves[f"val_err_{curve_mode}"]
@@ -166,5 +164,15 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax.set_xticks(nbs_values, [str(n) for n in nbs_values])
     ax.set(xlabel="normalization batch size", ylabel="final test accuracy (%), EMA", title="end of training")
     ax.legend()
-    written += save_figure(fig, out, "renorm_small_accuracy_vs_step")
-    return written
+    return save_figure(fig, out, "renorm_small_accuracy_vs_step")
+
+
+def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
+    done = completed(runs)
+    done["nbs"] = done["norm.nbs"].fillna(done["train.batch_size"]).astype(int)
+    done["arm"] = arm_label(done)
+    for mode in MODES:
+        if f"val_err_{mode}" in done:
+            done[f"test_acc_{mode}"] = 1 - done[f"val_err_{mode}"]
+    done["train_acc"] = 1 - done["train_err"]
+    return accuracy_table(done, out) + recovery_table(done, out) + curves_figure(done, epochs, out)
