@@ -71,6 +71,7 @@ def test_one_sample_against_a_constant(tmp_path):
         ("greater", 0.05, 0.005, 0.01, "supported"),
         ("greater", 0.005, 0.04, 0.01, "inconclusive"),
         ("greater", 0.004, 0.0005, 0.01, "negligible"),  # significant, but the whole CI is below what matters
+        ("greater", 0.001, 0.002, 0.02, "negligible"),  # not significant, and an effect that matters is ruled out
         ("equal", 0.001, 0.001, 0.01, "supported"),  # 90% CI inside +-0.01
         ("equal", 0.05, 0.001, 0.01, "contradicted"),  # wholly outside the margin
         ("equal", 0.008, 0.004, 0.01, "inconclusive"),
@@ -137,6 +138,8 @@ def test_metric_may_be_an_expression_of_columns(tmp_path):
         (["supported", "inconclusive"], "partly"),
         (["supported", "contradicted"], "partly"),
         (["contradicted", "contradicted"], "contradicted"),
+        (["negligible", "contradicted"], "contradicted"),  # no effect of the declared size anywhere
+        (["negligible", "negligible"], "contradicted"),
         (["inconclusive", "negligible"], "inconclusive"),
         (["supported", "too few seeds"], "exploratory"),
         (["supported", "not run"], "not run"),

@@ -8,17 +8,20 @@ the pairing (by seed when the arms share seeds, Welch otherwise), alpha and the 
 
 Outcomes of one test (direction `less` / `greater`, effect = a - b in the claimed direction):
   supported     the (1 - alpha) CI excludes 0 on the claimed side and reaches the smallest effect that matters
-  negligible    significant on the claimed side, but the whole CI lies below the smallest effect that matters
+  negligible    the CI's end on the claimed side lies below the smallest effect that matters: an effect that
+                matters is ruled out (whether or not the CI also excludes 0)
   contradicted  the CI excludes 0 on the other side
-  inconclusive  the CI includes 0 (the note gives the effect this n would detect with 80% power)
+  inconclusive  the CI includes 0 and reaches the smallest effect that matters (the note gives the effect this n
+                would detect with 80% power)
   too few seeds an arm has fewer than `min_seeds` seeds (5): exploratory, no verdict
   not run       the table or an arm's rows are missing
 Direction `equal` (an equivalence claim) is two one-sided tests against +-margin (= min_effect): `supported` when the
 (1 - 2 alpha) CI lies inside the margin, `contradicted` when it lies wholly outside, else `inconclusive`.
 
 A study's verdict: `not run` (some test has no data), `exploratory` (some test has too few seeds), `reproduced` (every
-test supported), `contradicted` (every test contradicted), `inconclusive` (none supported or contradicted),
-`partly` (anything else).
+test supported), `contradicted` (no test supported, and each one contradicted or negligible: what the source
+claims, at the size declared to matter, is not there), `inconclusive` (none supported or contradicted), `partly`
+(anything else).
 """
 
 from __future__ import annotations
@@ -281,6 +284,9 @@ def outcome(spec: TestSpec, estimate: float, se: float, df: float) -> tuple[str,
         return "supported", low, high, p, ""
     if hi_c < 0:
         return "contradicted", low, high, p, ""
+    if hi_c < spec.min_effect:
+        note = f"the CI rules out an effect of {spec.min_effect:g} or more on the claimed side"
+        return "negligible", low, high, p, note
     detectable = (stats.t.ppf(1 - spec.alpha / 2, df) + stats.t.ppf(POWER, df)) * se
     return "inconclusive", low, high, p, f"this n detects {detectable:.3g} with {POWER:.0%} power"
 
@@ -334,7 +340,7 @@ def verdict(results: list[TestResult]) -> str:
         return "exploratory"
     if all(w == "supported" for w in words):
         return "reproduced"
-    if all(w == "contradicted" for w in words):
+    if all(w in ("contradicted", "negligible") for w in words):
         return "contradicted"
     if not any(w in ("supported", "contradicted") for w in words):
         return "inconclusive"
