@@ -28,6 +28,7 @@ CURVES = {  # the thread's colours: blue train, red val (eval mode); ours adds t
     "train_loss": ("train loss", "tab:blue", "-"),
     "val_loss_running": ("val loss, eval mode (EMA)", "tab:red", "-"),
     "val_loss_batch": ("val loss, train mode (batch stats)", "tab:green", "--"),
+    "val_loss_precise": ("val loss, Precise BN (no EMA lag)", "tab:purple", ":"),
 }
 CAUSES = {**EVENTS, "batch_composition": "batch comp."}  # the monitor's event names (one list), shortened for the table
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.18e-38: below it float32 is denormal
@@ -119,8 +120,9 @@ def losses_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> 
     bpe = done["train.batches_per_epoch"].dropna()
     xlabel = f'"epoch" ({int(bpe.iloc[0])} batches)' if len(bpe) else '"epoch"'
     fig, axes = new_figure(ncols=len(arms), nrows=len(seeds), width=3.3 * len(arms), height=2.6 * len(seeds))
-    lo = np.nanpercentile(e[list(CURVES)].to_numpy(), 1)
-    hi = max(np.nanpercentile(e[list(CURVES)].to_numpy(), 99.5), lo + 0.2)
+    curves = [c for c in CURVES if c in e]
+    lo = np.nanpercentile(e[curves].to_numpy(), 1)
+    hi = max(np.nanpercentile(e[curves].to_numpy(), 99.5), lo + 0.2)
     for j, arm in enumerate(arms):
         for i, seed in enumerate(seeds):
             ax = axes[i][j]
@@ -137,6 +139,8 @@ def losses_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> 
                 )
                 continue
             for metric, (label, color, ls) in CURVES.items():
+                if metric not in c:
+                    continue
                 ax.plot(c["epoch"], c[metric], color=color, ls=ls, lw=1.2, label=label)
             ax.set_ylim(lo - 0.05, hi + 0.05)
             clipped = c[c["val_loss_running"] > hi + 0.05]
@@ -150,7 +154,7 @@ def losses_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> 
             if j == 0:
                 ax.set_ylabel("BCE - soft F1")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.01))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.01))
     fig.subplots_adjust(left=0.06, right=0.95, bottom=0.14, top=0.93, wspace=0.45, hspace=0.35)
     return save_figure(fig, out, "forum_losses")
 
