@@ -155,7 +155,10 @@ def losses_figure(done: pd.DataFrame, e: pd.DataFrame, arms: list[str], out) -> 
                 ax.set_ylabel("BCE - soft F1")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.01))
-    fig.subplots_adjust(left=0.06, right=0.95, bottom=0.14, top=0.93, wspace=0.45, hspace=0.35)
+    rows = len(seeds)  # margins in inches, whatever the number of seed rows
+    fig.subplots_adjust(
+        left=0.06, right=0.95, bottom=0.7 / (2.6 * rows), top=1 - 0.35 / (2.6 * rows), wspace=0.45, hspace=0.35
+    )
     return save_figure(fig, out, "forum_losses")
 
 
