@@ -91,7 +91,8 @@ def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_sh
     header = "".join(f"<th>{h}</th>" for h in head)
     rule = (
         "<p><small>Verdicts are computed (bnlab.results.claim_tests): reproduced = every declared test supported; "
-        "partly = some; inconclusive = no CI excludes 0; contradicted = significant against the claim; "
+        "partly = some; inconclusive = no test supported or contradicted; contradicted = every test significant "
+        "against the claim or negligible (its CI rules out the smallest effect declared to matter); "
         "exploratory = an arm has fewer than 5 seeds (no verdict); not run = a test has no committed data. "
         "CIs are 95% from the t distribution over seeds.</small></p>"
     )
