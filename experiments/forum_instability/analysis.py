@@ -13,7 +13,7 @@ import pandas as pd
 
 from bnlab.health_events import EVENTS
 from bnlab.results.figures import new_figure, save_figure
-from bnlab.results.runs import arm_order, completed
+from bnlab.results.runs import arm_order, completed, measured_on
 from bnlab.results.tables import mean_std_text, write_table
 
 ARM_ORDER = ["bn_high_lr", "bn_low_lr", "bn_eps0.1", "groupnorm", "brn"]
@@ -262,8 +262,7 @@ def consistency_tables(done: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.
     paths = Path(out) / CONSISTENCY, Path(out) / SWAPS
     if paths[0].exists() and paths[1].exists():
         cached = pd.read_csv(paths[0])
-        ids, have = set(done["run_id"].astype(str)), set(cached["run_id"].astype(str))
-        if have == ids or (not all(Path(d).is_dir() for d in done["run_dir"]) and have <= ids):
+        if measured_on(done, cached):
             return cached, pd.read_csv(paths[1])
     rows, swaps = [], []
     for _, run in done.iterrows():

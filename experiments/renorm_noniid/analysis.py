@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnlab.results.figures import mean_curves, new_figure, save_figure
-from bnlab.results.runs import arm_order, completed
+from bnlab.results.runs import arm_order, completed, measured_on
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
 ARMS = {  # arm -> label, in table order
@@ -83,9 +83,7 @@ def probe_table(done: pd.DataFrame, out: Path) -> pd.DataFrame:
     path = Path(out) / PROBE
     if path.exists():
         cached = pd.read_csv(path)
-        ids, have = set(done["run_id"].astype(str)), set(cached["run_id"].astype(str))
-        gone = not all(Path(d).is_dir() for d in done["run_dir"])  # a fresh clone: keep what was probed
-        if have == ids or (gone and have <= ids):
+        if measured_on(done, cached):
             return cached
     rows = []
     for _, run in done.iterrows():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,3 +18,11 @@ def arm_order(arms: Iterable, preferred: Sequence) -> list:
     """The arms present, those of `preferred` first in its order, then any others sorted."""
     present = set(arms)
     return [a for a in preferred if a in present] + sorted(present - set(preferred))
+
+
+def measured_on(done: pd.DataFrame, cached: pd.DataFrame) -> bool:
+    """A post-hoc measurement cached beside the collected tables still stands: it was made on exactly these runs,
+    or (their run directories gone, as in a fresh clone) on a subset of them."""
+    ids, have = set(done["run_id"].astype(str)), set(cached["run_id"].astype(str))
+    gone = not all(Path(d).is_dir() for d in done["run_dir"])
+    return have == ids or (gone and have <= ids)
