@@ -315,12 +315,39 @@ def consistency_summary(table: pd.DataFrame, swaps: pd.DataFrame, arms: list[str
     )
 
 
+GAP_TABLE = "forum_gap_per_run.csv"
+START_UP = 0.1  # the first 10% of steps are the EMA's start-up (C5's lag), not the thread's mid-training jump
+
+
+def gap_per_run(e: pd.DataFrame, out) -> list:
+    """Per run, the largest eval-minus-train-mode val loss after the start-up and the last one: C4a/C4b's metric
+    (experiments/forum_instability/claim.yaml), one row per run for the declared tests."""
+    rows = []
+    for run_id, c in e.groupby("run_id"):
+        late = c[c["step"] > START_UP * c["step"].max()]
+        rows.append(
+            {
+                "run_id": run_id,
+                "arm": c["arm"].iloc[0],
+                "seed": c["seed"].iloc[0],
+                "status": "completed",
+                "max_gap": late["gap"].max(),
+                "max_gap_epoch": int(late.loc[late["gap"].idxmax(), "epoch"]),
+                "final_gap": c.loc[c["epoch"].idxmax(), "gap"],
+            }
+        )
+    path = Path(out) / GAP_TABLE
+    pd.DataFrame(rows).sort_values(["arm", "seed"]).to_csv(path, index=False)
+    return [path]
+
+
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     done = completed(runs, "diverged")
     arms = _arm_order(done["arm"])
     e = epochs.join(done.set_index("run_id")[["arm", "seed"]], on="run_id", how="inner").sort_values("epoch")
     e["gap"] = e["val_loss_running"] - e["val_loss_batch"]
     written = arm_table(done, e, arms, out)
+    written += gap_per_run(e, out)
     written += losses_figure(done, e, arms, out)
     written += running_var_figure(done, e, arms, out)
     table, swaps = consistency_tables(completed(done), Path(out))

@@ -53,6 +53,7 @@ TEST_KEYS = (
     "pairing",
     "alpha",
     "min_effect",
+    "min_effect_origin",
     "transform",
     "min_seeds",
 )
@@ -98,6 +99,7 @@ class TestSpec:
     pairing: str = "seed"
     alpha: float = 0.05
     min_effect: float = 0.0  # smallest effect that matters, in the metric's (transformed) units; the margin for `equal`
+    min_effect_origin: str = ""  # where min_effect comes from: the source's number, or why the source gives none
     transform: str = "none"  # log10: compare orders of magnitude (eigenvalues, learning rates)
     min_seeds: int = MIN_SEEDS
 
@@ -196,6 +198,7 @@ def parse_tests(raw, where: str) -> list[TestSpec]:
                 pairing=t.get("pairing", "seed"),
                 alpha=alpha,
                 min_effect=min_effect,
+                min_effect_origin=str(t.get("min_effect_origin", "")),
                 transform=t.get("transform", "none"),
                 min_seeds=int(t.get("min_seeds", MIN_SEEDS)),
             )
