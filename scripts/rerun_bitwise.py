@@ -1,6 +1,6 @@
 """Rerun one committed run from its recorded commit, threads and CPU capability, and compare its metrics bitwise.
 
-    python scripts/rerun_bitwise.py results/lr_stress/cpu 81bb80371b29
+    python scripts/rerun_bitwise.py results/<study>/cpu <run_id>
 
 Reads the run's row of <results>/runs.csv (git_commit, threads, math_libraries' CPU capability, study, preset,
 variant), checks the commit out in a temporary git worktree, finds the sweep point whose config hashes to the

@@ -165,7 +165,7 @@ def cmd_health(args) -> None:
 def cmd_report(args) -> None:
     from bnlab.results.analysis import EXPERIMENTS_DIR
     from bnlab.results.claim_tests import RULE_VERSION
-    from bnlab.results.claims import claim_rows, update_readme, verdict_text
+    from bnlab.results.claims import claim_rows, update_readme, update_rules_block, verdict_text
     from bnlab.results.report import build_report
 
     results = Path(args.results)
@@ -177,7 +177,10 @@ def cmd_report(args) -> None:
         )
     experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
     print(f"verdict rule {RULE_VERSION} (bnlab.results.claim_tests)")
-    for claim, studies in claim_rows(experiments):
+    rows = claim_rows(experiments)
+    if update_rules_block(rows, experiments / "README.md"):
+        print(f"(updated the verdicts under each rule in {experiments / 'README.md'})")
+    for claim, studies in rows:
         print(f"{claim.id}: {claim.text}")
         for sc in studies:
             print("  " + verdict_text(sc).replace("\n", "\n  "))

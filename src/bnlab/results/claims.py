@@ -175,3 +175,42 @@ def update_readme(sc: StudyClaim, readme: Path) -> bool:
         return False
     readme.write_text(new)
     return True
+
+
+RULES_START = "<!-- rules: computed by `bnlab report`: every study's verdict under each rule; do not edit by hand -->"
+RULES_END = "<!-- /rules -->"
+
+
+def rules_table(rows: list[tuple[Claim, list[StudyClaim]]]) -> str:
+    """Every study's verdict under each rule on the committed results, and whether its tests preceded its runs:
+    what a rule change moves, in one table (experiments/README.md)."""
+    head = ["study", "claim", "rule 1", f"rule {RULE_VERSION} (the tests)", "declared / run at", "verdict now"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, studies in rows:
+        for sc in studies:
+            reg = sc.registration
+            order = "not checked" if reg is None or reg.note and not reg.post_hoc else _order(reg)
+            tested = verdict_phrase(list(sc.outcomes), sc.regime)
+            cells = [sc.study, claim.id, verdict(list(sc.outcomes), 1), tested, order, sc.verdict]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _order(reg: Registration) -> str:
+    runs = ", ".join(c[:7] + ("*" if c in reg.missing else "") for c in reg.run_commits) or "none recorded"
+    declared = reg.declared_at if reg.declared_at in (None, "working tree") else reg.declared_at[:7]
+    return f"{declared} / {runs}" + (" (post hoc)" if reg.post_hoc else "")
+
+
+def update_rules_block(rows: list[tuple[Claim, list[StudyClaim]]], readme: Path) -> bool:
+    """Replace the rules block of experiments/README.md (True when it changed; False without markers)."""
+    readme = Path(readme)
+    text = readme.read_text() if readme.is_file() else ""
+    if RULES_START not in text or RULES_END not in text:
+        return False
+    head, rest = text.split(RULES_START, 1)
+    new = head + f"{RULES_START}\n{rules_table(rows)}\n{RULES_END}" + rest.split(RULES_END, 1)[1]
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True

@@ -128,7 +128,7 @@ def run_commits(results_dir: Path, tables: list[str]) -> tuple[str, ...]:
         folder = (results_dir / table).parent
         for candidate in (folder / "runs.csv", results_dir / "runs.csv"):
             if candidate.is_file():
-                runs = pd.read_csv(candidate, usecols=lambda c: c == "git_commit")
+                runs = pd.read_csv(candidate, usecols=lambda c: c == "git_commit", dtype=str)
                 if "git_commit" in runs:
                     commits |= {str(c) for c in runs["git_commit"].dropna()}
                 break
