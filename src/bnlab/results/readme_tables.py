@@ -3,14 +3,17 @@
 For every scale (cpu, gpu), the grid of every experiment that writes the study (bnlab.results.grid) is composed
 as `make sweep` composes it; the table gives, per experiment, the data (training images), model, optimizer steps,
 SGD batch, the arms (grid points without the seed) and seeds, and the test images scored. Where arms differ in a
-field the table lists the distinct values. `bnlab readme-tables` writes the block between the markers of each
-study's README (`--check`: exit 1 naming the README whose block differs, writing nothing).
+field the table lists the distinct values. A study measured at init without training (init_collapse) gets its
+table from conf/analysis/<study>.yaml and that file's presets. `bnlab readme-tables` writes the block between the
+markers of each study's README (`--check`: exit 1 naming the README whose block differs, writing nothing).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from bnlab.cost import _sizes  # a data config's image counts without reading the data (shared with `bnlab plan`)
 from bnlab.results.grid import _hydra, compose_point, experiments, grid_points, joined_study
@@ -73,11 +76,30 @@ def experiment_row(experiment: str, scale: str) -> list[str]:
     ]
 
 
+def analysis_table(study: str, conf: str | None = None) -> str | None:
+    """A study measured at init, without training (conf/analysis/<study>.yaml, its `presets` merged per scale)."""
+    from bnlab.results.grid import conf_dir
+
+    path = Path(conf or conf_dir()) / "analysis" / f"{study}.yaml"
+    if not path.is_file():
+        return None
+    base = OmegaConf.load(path)
+    head = ("scale", "MLP (depth x width, N(0,1) inputs measured)", "convnet8 (width, images measured)", "arms x seeds")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for scale in SCALES:
+        c = OmegaConf.merge({k: v for k, v in base.items() if k != "presets"}, base.presets.get(scale) or {})
+        mlp, net = c.mlp, c.convnet
+        arms = f"{len(mlp.arms)} MLP + {len(net.arms)} convnet8 x {len(c.seeds)}"
+        cells = [scale, f"{mlp.depth} x {mlp.width}, {mlp.batch:,}", f"{net.width}, {net.data} {net.batch:,}", arms]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def setting_table(study: str, conf: str | None = None) -> str | None:
-    """The markdown table of a study's sweeps at every scale; None when no experiment writes the study."""
+    """The markdown table of a study's sweeps at every scale (or of its analysis at init); None when neither."""
     exps = [e for e in experiments(conf) if joined_study(e, conf) == study]
     if not exps:
-        return None
+        return analysis_table(study, conf)
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     with _hydra(conf):
         for scale in SCALES:
