@@ -30,6 +30,7 @@ def test_committed_claim_files_are_valid_and_point_at_committed_results():
         assert (REPO_ROOT / sc.results).is_dir(), f"{sc.study}: results folder {sc.results} is not committed"
         for r in sc.outcomes:  # every declared test finds its table, arms and metric in the committed results
             assert r.outcome != "not run", f"{sc.study}: {r.line()}"
+            assert r.spec.min_effect_origin, f"{sc.study} {r.spec.id}: min_effect_origin (the source's number, or why)"
 
 
 def test_report_opens_with_a_row_per_claim(tmp_path):
