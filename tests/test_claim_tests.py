@@ -12,7 +12,16 @@ import pytest
 from scipy import stats
 
 from bnlab import REPO_ROOT
-from bnlab.results.claim_tests import TestSpecError, outcome, parse_tests, run_test, verdict
+from bnlab.results.claim_tests import (
+    RULE_VERSION,
+    TestResult,
+    TestSpecError,
+    outcome,
+    parse_tests,
+    run_test,
+    verdict,
+    verdict_phrase,
+)
 from bnlab.results.claims import ClaimFileError, claim_rows, readme_block, update_readme
 
 
@@ -70,8 +79,8 @@ def test_one_sample_against_a_constant(tmp_path):
         ("less", 0.05, 0.005, 0.01, "contradicted"),
         ("greater", 0.05, 0.005, 0.01, "supported"),
         ("greater", 0.005, 0.04, 0.01, "inconclusive"),
-        ("greater", 0.004, 0.0005, 0.01, "negligible"),  # significant, but the whole CI is below what matters
-        ("greater", 0.001, 0.002, 0.02, "negligible"),  # not significant, and an effect that matters is ruled out
+        ("greater", 0.004, 0.0005, 0.01, "not reproduced"),  # significant, but the whole CI is below what matters
+        ("greater", 0.001, 0.002, 0.02, "not reproduced"),  # not significant, and an effect that matters is ruled out
         ("equal", 0.001, 0.001, 0.01, "supported"),  # 90% CI inside +-0.01
         ("equal", 0.05, 0.001, 0.01, "contradicted"),  # wholly outside the margin
         ("equal", 0.008, 0.004, 0.01, "inconclusive"),
@@ -131,27 +140,46 @@ def test_metric_may_be_an_expression_of_columns(tmp_path):
     assert r.outcome == "supported" and r.estimate == pytest.approx(0.49 + 0.002)
 
 
+class _R:
+    def __init__(self, outcome, claims=""):
+        self.outcome = outcome
+        self.spec = _spec(id=f"T{id(self)}", claims=claims, what=f"what {claims}")
+
+
 @pytest.mark.parametrize(
-    ("words", "expected"),
+    ("words", "v1", "v2"),
     [
-        (["supported", "supported"], "reproduced"),
-        (["supported", "inconclusive"], "partly"),
-        (["supported", "contradicted"], "partly"),
-        (["contradicted", "contradicted"], "contradicted"),
-        (["negligible", "contradicted"], "contradicted"),  # no effect of the declared size anywhere
-        (["negligible", "negligible"], "contradicted"),
-        (["inconclusive", "negligible"], "inconclusive"),
-        (["supported", "too few seeds"], "exploratory"),
-        (["supported", "not run"], "not run"),
-        ([], "not run"),
+        (["supported", "supported"], "reproduced", "reproduced"),
+        (["supported", "inconclusive"], "partly", "partly"),
+        (["supported", "contradicted"], "partly", "partly"),
+        (["supported", "not reproduced"], "partly", "partly"),
+        (["contradicted", "contradicted"], "contradicted", "contradicted"),
+        (["not reproduced", "contradicted"], "contradicted", "contradicted"),  # one test against the claim
+        (["not reproduced", "not reproduced"], "contradicted", "not reproduced"),  # none against it: rule 2 says so
+        (["inconclusive", "not reproduced"], "inconclusive", "inconclusive"),
+        (["inconclusive", "contradicted"], "partly", "contradicted"),
+        (["supported", "too few seeds"], "exploratory", "exploratory"),
+        (["supported", "not run"], "not run", "not run"),
+        ([], "not run", "not run"),
     ],
 )
-def test_verdict_rule(words, expected):
-    class R:
-        def __init__(self, outcome):
-            self.outcome = outcome
+def test_verdict_rules(words, v1, v2):
+    """Rule 1 (kept to show what moved) and rule 2, in force: contradicted only with a test against the claim."""
+    results = [_R(w) for w in words]
+    assert verdict(results, rule=1) == v1 and verdict(results, rule=2) == v2 and RULE_VERSION == 2
+    assert verdict(results) == v2
 
-    assert verdict([R(w) for w in words]) == expected
+
+def test_the_verdict_lists_its_sub_claims_and_names_the_regime():
+    results = [_R("supported", "BRN's gain"), _R("not reproduced", "BN's failure"), _R("inconclusive", "BN's failure")]
+    assert verdict_phrase(results, "at this scale") == "partly: BRN's gain reproduced; BN's failure inconclusive"
+    results[2] = _R("not reproduced", "BN's failure")
+    phrase = verdict_phrase(results, "at this scale")
+    assert phrase == "partly: BRN's gain reproduced; BN's failure not reproduced at this scale"
+    both = [_R("not reproduced", "a"), _R("not reproduced", "b")]
+    assert verdict_phrase(both, "at CPU scale") == "not reproduced at CPU scale"  # one word says it all
+    assert verdict_phrase(both) == "not reproduced in this regime"
+    assert isinstance(TestResult(_spec(), "supported").spec.sub_claim, str)
 
 
 @pytest.mark.parametrize(
@@ -193,9 +221,10 @@ def test_changing_a_committed_metric_changes_the_verdict(tmp_path):
     (exp / "nbs" / "README.md").write_text("# nbs\n")
     sc = next(s for _, scs in claim_rows(exp) for s in scs)
     assert sc.verdict == "reproduced" and sc.outcomes[0].outcome == "supported"
+    assert not sc.post_hoc and "no git repository" in sc.registration.line()  # a copy outside git: said, not failed
     assert (
         update_readme(sc, exp / "nbs" / "README.md")
-        and "Computed verdict: reproduced" in (exp / "nbs" / "README.md").read_text()
+        and f"Computed verdict (rule {RULE_VERSION}): reproduced" in (exp / "nbs" / "README.md").read_text()
     )
     runs = pd.read_csv(res / "runs.csv")
     two, thirty_two = runs["norm.nbs"] == 2, runs["norm.nbs"] == 32
@@ -208,5 +237,5 @@ def test_changing_a_committed_metric_changes_the_verdict(tmp_path):
     assert sc.verdict == "contradicted"
     assert update_readme(sc, exp / "nbs" / "README.md")
     text = (exp / "nbs" / "README.md").read_text()
-    assert "Computed verdict: contradicted" in text and text.count("Computed verdict:") == 1  # replaced, not appended
+    assert "Computed verdict (rule 2): contradicted" in text and text.count("**Computed verdict") == 1  # replaced
     assert readme_block(sc) in text

@@ -44,3 +44,11 @@ def test_environment_records_cpu_threads_and_math_libraries():
     assert env["cpu_model"] and isinstance(env["cpu_model"], str)
     assert env["threads"] == torch.get_num_threads()
     assert "BLAS" in env["math_libraries"] or "CPU capability" in env["math_libraries"]
+
+
+def test_environment_records_the_forced_cpu_capability(monkeypatch):
+    """A rerun on another CPU is bitwise only at the recording's ATen capability: the env value is recorded."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert provenance.environment("cpu")["aten_cpu_capability"] == "avx2"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert provenance.environment("cpu")["aten_cpu_capability"] is None

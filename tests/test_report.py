@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from bnlab import REPO_ROOT
-from bnlab.results.claim_tests import VERDICTS
+from bnlab.results.claim_tests import RULE_VERSION, VERDICTS
 from bnlab.results.claims import claim_rows, load_claims
-from bnlab.results.report import build_report
+from bnlab.results.report import NO_VERDICT, build_report
 from bnlab.results.tables import aggregate, mean_std_cells, mean_std_text
 
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -30,6 +30,7 @@ def test_committed_claim_files_are_valid_and_point_at_committed_results():
         assert (REPO_ROOT / sc.results).is_dir(), f"{sc.study}: results folder {sc.results} is not committed"
         for r in sc.outcomes:  # every declared test finds its table, arms and metric in the committed results
             assert r.outcome != "not run", f"{sc.study}: {r.line()}"
+            assert r.spec.min_effect_origin, f"{sc.study} {r.spec.id}: min_effect_origin (the source's number, or why)"
 
 
 def test_report_opens_with_a_row_per_claim(tmp_path):
@@ -44,12 +45,14 @@ def test_report_opens_with_a_row_per_claim(tmp_path):
         for sc in studies:
             row = re.search(rf'<tr id="claim-{cid.id}-{sc.study}">.*?</tr>', claims).group(0)
             assert f">{sc.verdict}<" in row and "README.md" in row
+            assert html.escape(sc.registration.line()) in row  # declared-at and run-at commits, from git
             for t in sc.tests:
                 assert html.escape(t.what) in row  # every declared test is listed with its outcome
             if (REPO_ROOT / "results" / sc.study).is_dir():  # a study with results links to its section
                 assert f'href="#study-{sc.study}"' in row and f'id="study-{sc.study}"' in page
     first, studies = next((c, scs) for c, scs in claim_rows(EXPERIMENTS) if scs)  # the claims file's first tested
     assert f'id="claim-{first.id}-{studies[0].study}"' in claims and "Verdicts are computed" in page
+    assert f"rule {RULE_VERSION}" in page  # the rule version the verdicts follow
 
 
 def test_every_table_sits_in_a_scrolling_box(tmp_path):
@@ -132,4 +135,23 @@ def test_exploratory_studies_are_labelled_above_their_tables(tmp_path):
             if f'id="study-{sc.study}"' not in page:
                 continue
             section = page.split(f'id="study-{sc.study}"', 1)[1].split("<h2", 1)[0]
-            assert ("carry no verdict" in section) == (sc.verdict in ("exploratory", "not run")), sc.study
+            assert ("carry no verdict" in section) == (sc.verdict in NO_VERDICT), sc.study
+            if sc.verdict == "post hoc":
+                assert "changed after the commit its runs record" in section
+
+
+def test_figures_say_n_and_what_the_bands_are():
+    from bnlab.results.figures import SPREAD, errorbar_lines, mean_curves, mean_of, new_figure, say_bands
+
+    assert (
+        mean_of([5, 5]) == "mean of 5 seeds" and mean_of([4, 5]) == "mean of 4-5 seeds" and mean_of([1]) == "one seed"
+    )
+    agg = pd.DataFrame({"nbs": [2, 8], "err_mean": [0.2, 0.1], "err_std": [0.01, 0.02], "n": [5, 5]})
+    epochs = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "epoch": [1, 2, 1, 2], "err": [0.3, 0.2, 0.31, 0.21]})
+    fig, axes = new_figure(ncols=2)
+    errorbar_lines(axes[0][0], agg, "nbs", "err", label_fmt="val error")
+    mean_curves(axes[0][1], epochs.assign(arm="BN"), "epoch", "err", "arm")
+    say_bands(fig, "bars and bands")
+    labels = [h.get_label() for ax in axes[0] for h in ax.get_legend_handles_labels()[0]]
+    assert labels == ["val error (n = 5)", "BN (n = 2)"]
+    assert any(SPREAD in t.get_text() for t in fig.texts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.figures import mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -62,9 +62,10 @@ def _error_vs_momentum(agg: pd.DataFrame, best: str, frozen: list, out) -> list:
         ax.set(
             xlabel="BN momentum (1 - lambda)",
             ylabel="val error (%)",
-            title=f"{int(p['train.epochs'])} epochs, lr {p['optim.lr']}",
+            title=f"{int(p['train.epochs'])} epochs, lr {p['optim.lr']}, {mean_of(a['n'])}",
         )
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the curves cross every region
+    say_bands(fig, "bars")
     return save_figure(fig, out, "ema_vs_precise_error_vs_momentum")
 
 
@@ -78,7 +79,8 @@ def _error_vs_samples(agg: pd.DataFrame, precise: list, out) -> list:
         if len(g):
             ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=f"{ep} ep, lr {lr}")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title="Precise BN vs samples (momentum 0.1)")
+    title = f"Precise BN vs samples (momentum 0.1), {mean_of(agg['n'])}"
+    ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves span the whole height
     return save_figure(fig, out, "ema_vs_precise_samples")
 

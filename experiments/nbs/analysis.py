@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnlab.results.figures import errorbar_lines, new_figure, save_figure
+from bnlab.results.figures import errorbar_lines, mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -74,7 +74,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
                 label="Sync BN (2 processes)" if m == metrics[0] else None,
             )
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="normalization batch size (NBS)", ylabel="error (%)", title="bnlab (this run)")
+    ax.set(xlabel="normalization batch size (NBS)", ylabel="error (%)", title=f"bnlab, {mean_of(agg['n'])}")
     ax.legend()
     src = pd.DataFrame([(n, t, v) for n, (t, v) in SOURCE.items()], columns=["nbs", "train", "val"])
     ax = axes[0][1]
@@ -83,6 +83,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax.set_xscale("log", base=2)
     ax.set(xlabel="NBS", ylabel="error (%)", title="source: ResNet-50 / ImageNet (slide)")
     ax.legend()
+    say_bands(fig, "bars")
     written += save_figure(fig, out, "nbs_error_vs_nbs")
     return written
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.figures import mean_curves, new_figure, save_figure, say_bands
 from bnlab.results.runs import arm_order, completed, measured_on
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -164,6 +164,7 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
             mean_curves(ax, group.assign(label=f"{ARMS[arm]} (n={n})"), "step", m, "label", color=COLORS[arm])
         ax.set(xlabel="training step", ylabel="accuracy (%)", title=titles[m])
     axes[0][0].legend()
+    say_bands(fig)
     return save_figure(fig, out, "renorm_noniid_accuracy_vs_step")
 
 

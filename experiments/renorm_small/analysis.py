@@ -8,7 +8,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from bnlab.results.claim_tests import mean_ci
-from bnlab.results.figures import errorbar_lines, mean_curves, new_figure, save_figure
+from bnlab.results.figures import errorbar_lines, mean_curves, mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -162,8 +162,13 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     errorbar_lines(ax, final, "nbs", "test_acc_running", hue="norm")
     ax.set_xscale("log", base=2)
     ax.set_xticks(nbs_values, [str(n) for n in nbs_values])
-    ax.set(xlabel="normalization batch size", ylabel="final test accuracy (%), EMA", title="end of training")
+    ax.set(
+        xlabel="normalization batch size",
+        ylabel="final test accuracy (%), EMA",
+        title=f"end of training, {mean_of(final['n'])}",
+    )
     ax.legend()
+    say_bands(fig, "bands and bars")
     return save_figure(fig, out, "renorm_small_accuracy_vs_step")
 
 

@@ -164,7 +164,8 @@ def cmd_health(args) -> None:
 
 def cmd_report(args) -> None:
     from bnlab.results.analysis import EXPERIMENTS_DIR
-    from bnlab.results.claims import claim_rows, update_readme, verdict_text
+    from bnlab.results.claim_tests import RULE_VERSION
+    from bnlab.results.claims import claim_rows, update_readme, update_rules_block, verdict_text
     from bnlab.results.report import build_report
 
     results = Path(args.results)
@@ -175,7 +176,11 @@ def cmd_report(args) -> None:
             file=sys.stderr,
         )
     experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
-    for claim, studies in claim_rows(experiments):
+    print(f"verdict rule {RULE_VERSION} (bnlab.results.claim_tests)")
+    rows = claim_rows(experiments)
+    if update_rules_block(rows, experiments / "README.md"):
+        print(f"(updated the verdicts under each rule in {experiments / 'README.md'})")
+    for claim, studies in rows:
         print(f"{claim.id}: {claim.text}")
         for sc in studies:
             print("  " + verdict_text(sc).replace("\n", "\n  "))
@@ -184,6 +189,18 @@ def cmd_report(args) -> None:
         if not studies:
             print("  no study yet")
     print(build_report(Path(args.results), Path(args.output), experiments))
+
+
+def cmd_readme_tables(args) -> None:
+    from bnlab.results.analysis import EXPERIMENTS_DIR
+    from bnlab.results.readme_tables import sync_readmes
+
+    experiments = Path(args.experiments) if args.experiments else EXPERIMENTS_DIR
+    stale = sync_readmes(experiments, check=args.check)
+    for readme in stale:
+        print(f"{readme}: setting table {'differs from the composed config' if args.check else 'regenerated'}")
+    if args.check and stale:
+        sys.exit(1)
 
 
 class UsageError(Exception):
@@ -303,6 +320,14 @@ def _add_report_and_plan_commands(sub) -> None:
     r.add_argument("--output", default=str(REPO_ROOT / "results" / "report.html"))
     r.add_argument("--experiments", default=None, help="folder of claims.yaml and <study>/claim.yaml files")
     r.set_defaults(fn=cmd_report)
+    t = sub.add_parser(
+        "readme-tables",
+        help="write each study README's setting table (data, model, steps, batch, arms, seeds, images scored per "
+        "scale) from the composed sweep config",
+    )
+    t.add_argument("--experiments", default=None, help="folder of <study>/README.md files")
+    t.add_argument("--check", action="store_true", help="write nothing; exit 1 if a README's table is stale")
+    t.set_defaults(fn=cmd_readme_tables)
     pl = sub.add_parser(
         "plan",
         help="a sweep's jobs, their run directories and state (completed / to do / failed / running), no training",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from bnlab import REPO_ROOT
 from bnlab.results.collect import load, varying_keys
-from bnlab.results.figures import mean_curves, new_figure, save_figure
+from bnlab.results.figures import mean_curves, mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -47,8 +47,10 @@ def default_analysis(runs: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> lis
         for ax, metric in zip(axes[0], ["val_err_running", "val_err_batch"]):
             if metric in per_epoch:
                 mean_curves(ax, per_epoch, "epoch", metric, "arm")
-            ax.set(xlabel="epoch", ylabel=f"{metric} (%)", title=metric.replace("_", " "))
+            n = per_epoch.groupby("arm")["run_id"].nunique()
+            ax.set(xlabel="epoch", ylabel=f"{metric} (%)", title=f"{metric.replace('_', ' ')}, {mean_of(n)}")
         axes[0][0].legend(title=", ".join(arms))
+        say_bands(fig)
         written += save_figure(fig, out, "curves")
     return written
 

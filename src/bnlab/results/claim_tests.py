@@ -6,22 +6,39 @@ the pairing (by seed when the arms share seeds, Welch otherwise), alpha and the 
 `run_test` computes the estimate (a - b), its 95% CI from the t distribution over seeds and a two-sided p;
 `outcome` turns that into one word and `verdict` turns a study's outcomes into its verdict. Nobody types either.
 
+The rule has a version (RULE_VERSION, printed by `bnlab report`); a change of rule is a new version, described
+here, committed with its effect on every study (experiments/README.md, `bnlab verdicts --rules`).
+
 Outcomes of one test (direction `less` / `greater`, effect = a - b in the claimed direction):
-  supported     the (1 - alpha) CI excludes 0 on the claimed side and reaches the smallest effect that matters
-  negligible    the CI's end on the claimed side lies below the smallest effect that matters: an effect that
-                matters is ruled out (whether or not the CI also excludes 0)
-  contradicted  the CI excludes 0 on the other side
-  inconclusive  the CI includes 0 and reaches the smallest effect that matters (the note gives the effect this n
-                would detect with 80% power)
-  too few seeds an arm has fewer than `min_seeds` seeds (5): exploratory, no verdict
-  not run       the table or an arm's rows are missing
+  supported       the (1 - alpha) CI excludes 0 on the claimed side and reaches the smallest effect that matters
+  not reproduced  the CI's end on the claimed side lies below the smallest effect that matters: an effect of the
+                  declared size is ruled out in this regime (whether or not the CI also excludes 0); rule 1 called
+                  this `negligible`
+  contradicted    the CI excludes 0 on the other side: a significant effect against the claim
+  inconclusive    the CI includes 0 and reaches the smallest effect that matters (the note gives the effect this n
+                  would detect with 80% power)
+  too few seeds   an arm has fewer than `min_seeds` seeds (5): exploratory, no verdict
+  not run         the table or an arm's rows are missing
 Direction `equal` (an equivalence claim) is two one-sided tests against +-margin (= min_effect): `supported` when the
 (1 - 2 alpha) CI lies inside the margin, `contradicted` when it lies wholly outside, else `inconclusive`.
 
-A study's verdict: `not run` (some test has no data), `exploratory` (some test has too few seeds), `reproduced` (every
-test supported), `contradicted` (no test supported, and each one contradicted or negligible: what the source
-claims, at the size declared to matter, is not there), `inconclusive` (none supported or contradicted), `partly`
-(anything else).
+Rule 1 (7 Dec 2026 and before), a study's verdict: `not run` (some test has no data), `exploratory` (some test has
+too few seeds), `reproduced` (every test supported), `contradicted` (no test supported, and each one contradicted or
+negligible), `inconclusive` (none supported or contradicted), `partly` (anything else). It called a claim whose
+effect is merely smaller than declared "contradicted", though no test was significant against it.
+
+Rule 2 (issue 32), a study's verdict, and each sub-claim's (the tests sharing a `claims:` label; a test without one
+is its own sub-claim, named by its `what`):
+  not run         some test has no data
+  exploratory     some test has too few seeds
+  reproduced      every test supported
+  contradicted    some test contradicted (significant against the claim) and none supported
+  not reproduced  every test `not reproduced`: the CIs rule out the claimed size in this regime (the verdict names
+                  the regime, claim.yaml's `regime`), which says nothing of other regimes
+  inconclusive    no test supported or contradicted, and not all ruled out
+  partly          some test supported and some not: the verdict lists each sub-claim's word
+A study whose tests' decisive fields last changed after the commit its runs record reads `post hoc` (an exploratory
+verdict until rerun; bnlab.results.preregistration), with the verdict it would have in parentheses.
 """
 
 from __future__ import annotations
@@ -37,8 +54,19 @@ from scipy import stats
 DIRECTIONS = ("less", "greater", "equal")
 PAIRINGS = ("seed", "none")
 TRANSFORMS = ("none", "log10")
-OUTCOMES = ("supported", "negligible", "contradicted", "inconclusive", "too few seeds", "not run")
-VERDICTS = ("reproduced", "partly", "inconclusive", "contradicted", "exploratory", "not run")
+RULE_VERSION = 2  # the verdict rule in force (the module docstring describes every version)
+NOT_REPRODUCED = "not reproduced"  # the CI rules out the declared size here (rule 1's "negligible")
+OUTCOMES = ("supported", NOT_REPRODUCED, "contradicted", "inconclusive", "too few seeds", "not run")
+VERDICTS = (
+    "reproduced",
+    "partly",
+    "inconclusive",
+    NOT_REPRODUCED,
+    "contradicted",
+    "post hoc",
+    "exploratory",
+    "not run",
+)
 MIN_SEEDS = 5
 POWER = 0.8  # for the detectable effect of an inconclusive test
 ARM_KEYS = ("where", "metric", "value")
@@ -56,7 +84,9 @@ TEST_KEYS = (
     "min_effect_origin",
     "transform",
     "min_seeds",
+    "claims",
 )
+DECISIVE_KEYS = ("table", "metric", "a", "b", "direction", "pairing", "alpha", "min_effect", "transform", "min_seeds")
 
 
 class TestSpecError(ValueError):
@@ -102,6 +132,11 @@ class TestSpec:
     min_effect_origin: str = ""  # where min_effect comes from: the source's number, or why the source gives none
     transform: str = "none"  # log10: compare orders of magnitude (eigenvalues, learning rates)
     min_seeds: int = MIN_SEEDS
+    claims: str = ""  # the sub-claim this test checks, a short label shared by its tests (not decisive)
+
+    @property
+    def sub_claim(self) -> str:
+        return self.claims or self.what
 
 
 @dataclass(frozen=True)
@@ -201,6 +236,7 @@ def parse_tests(raw, where: str) -> list[TestSpec]:
                 min_effect_origin=str(t.get("min_effect_origin", "")),
                 transform=t.get("transform", "none"),
                 min_seeds=int(t.get("min_seeds", MIN_SEEDS)),
+                claims=str(t.get("claims", "")),
             )
         )
     ids = [s.id for s in specs]
@@ -283,13 +319,14 @@ def outcome(spec: TestSpec, estimate: float, se: float, df: float) -> tuple[str,
     lo_c, hi_c = sorted((sign * low, sign * high))  # the CI in the claimed direction: > 0 means as claimed
     if lo_c > 0:
         if hi_c < spec.min_effect:
-            return "negligible", low, high, p, f"smaller than the smallest effect that matters ({spec.min_effect:g})"
+            note = f"smaller than the smallest effect that matters ({spec.min_effect:g})"
+            return NOT_REPRODUCED, low, high, p, note
         return "supported", low, high, p, ""
     if hi_c < 0:
         return "contradicted", low, high, p, ""
     if hi_c < spec.min_effect:
         note = f"the CI rules out an effect of {spec.min_effect:g} or more on the claimed side"
-        return "negligible", low, high, p, note
+        return NOT_REPRODUCED, low, high, p, note
     detectable = (stats.t.ppf(1 - spec.alpha / 2, df) + stats.t.ppf(POWER, df)) * se
     return "inconclusive", low, high, p, f"this n detects {detectable:.3g} with {POWER:.0%} power"
 
@@ -332,12 +369,10 @@ def run_test(spec: TestSpec, results_dir: Path) -> TestResult:
     return TestResult(spec, word, n_a, n_b, float(estimate), float(low), float(high), float(p), note)
 
 
-def verdict(results: list[TestResult]) -> str:
-    """The study's verdict from its primary tests' outcomes (the rule in this module's docstring)."""
-    words = [r.outcome for r in results]
-    if not words or all(w == "not run" for w in words):
-        return "not run"
-    if "not run" in words:
+def verdict_v1(words: list[str]) -> str:
+    """Rule 1 (kept to show what a rule change moved): an effect smaller than declared counted as contradicted."""
+    words = ["negligible" if w == NOT_REPRODUCED else w for w in words]
+    if not words or "not run" in words:
         return "not run"  # a verdict from some of the declared tests would say more than the runs do
     if "too few seeds" in words:
         return "exploratory"
@@ -348,3 +383,48 @@ def verdict(results: list[TestResult]) -> str:
     if not any(w in ("supported", "contradicted") for w in words):
         return "inconclusive"
     return "partly"
+
+
+def verdict_v2(words: list[str]) -> str:
+    """Rule 2: contradicted needs a test significant against the claim; a ruled-out size is `not reproduced`."""
+    if not words or "not run" in words:
+        return "not run"
+    if "too few seeds" in words:
+        return "exploratory"
+    if all(w == "supported" for w in words):
+        return "reproduced"
+    if "supported" in words:
+        return "partly"
+    if "contradicted" in words:
+        return "contradicted"
+    if all(w == NOT_REPRODUCED for w in words):
+        return NOT_REPRODUCED
+    return "inconclusive"
+
+
+RULES = {1: verdict_v1, 2: verdict_v2}
+
+
+def verdict(results: list[TestResult], rule: int = RULE_VERSION) -> str:
+    """The study's verdict from its primary tests' outcomes (the rule in this module's docstring)."""
+    return RULES[rule]([r.outcome for r in results])
+
+
+def sub_claims(results: list[TestResult], rule: int = RULE_VERSION) -> list[tuple[str, str]]:
+    """(label, verdict) per sub-claim, in the order its first test is declared."""
+    groups: dict[str, list[TestResult]] = {}
+    for r in results:
+        groups.setdefault(r.spec.sub_claim, []).append(r)
+    return [(label, verdict(rs, rule)) for label, rs in groups.items()]
+
+
+def verdict_phrase(results: list[TestResult], regime: str = "", rule: int = RULE_VERSION) -> str:
+    """The verdict in words: its word, then (when the tests check more than one sub-claim) each sub-claim's, e.g.
+    "partly: BRN's gain reproduced; BN's non-i.i.d. failure not reproduced at this scale"."""
+    word = verdict(results, rule)
+    where = f" {regime}" if regime else " in this regime"
+    subs = sub_claims(results, rule)
+    if word in ("not run", "exploratory") or len({w for _, w in subs}) < 2:  # one word says it all
+        return word + (where if word == NOT_REPRODUCED else "")
+    parts = [f"{label} {w}{where if w == NOT_REPRODUCED else ''}" for label, w in subs]
+    return f"{word}: " + "; ".join(parts)

@@ -2,8 +2,9 @@
 
 `experiments/claims.yaml` lists the claims (id -> one-line claim and its source). Each study that tests one
 writes `experiments/<study>/claim.yaml`: the claim id, the source's result and our setting in one line each, the
-committed results folder its tests read, and the tests themselves, declared before the runs
-(bnlab.results.claim_tests). The verdict is computed from those tests on the committed tables.
+regime a "not reproduced" is bounded by (optional, one line), the committed results folder its tests read, and the
+tests themselves, declared before the runs (bnlab.results.claim_tests). The verdict is computed from those tests
+on the committed tables; git says whether the tests were declared before the runs (bnlab.results.preregistration).
 A claim no study names is reported as "no study yet".
 """
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bnlab.results.claim_tests import TestResult, TestSpec, parse_tests, run_test, verdict
+from bnlab.results.claim_tests import RULE_VERSION, TestResult, TestSpec, parse_tests, run_test, verdict, verdict_phrase
+from bnlab.results.preregistration import Registration, registration
 
 NO_STUDY = "no study yet"
 ONE_LINE_FIELDS = ("claim", "source", "ours", "results")
-CLAIM_FIELDS = (*ONE_LINE_FIELDS, "tests")
+OPTIONAL_ONE_LINE = ("regime",)  # e.g. "at CPU scale (an MLP on 500 glyph classes)": where a size was ruled out
+CLAIM_FIELDS = (*ONE_LINE_FIELDS, *OPTIONAL_ONE_LINE, "tests")
 
 
 class ClaimFileError(ValueError):
@@ -55,10 +58,26 @@ class StudyClaim:
     results: str  # the committed results folder the tests read, relative to the repository root
     tests: tuple[TestSpec, ...] = ()
     outcomes: tuple[TestResult, ...] = field(default=(), compare=False)
+    regime: str = ""
+    registration: Registration | None = field(default=None, compare=False)
+
+    @property
+    def post_hoc(self) -> bool:
+        return self.registration is not None and self.registration.post_hoc
+
+    @property
+    def tested_verdict(self) -> str:
+        """What the tests say, whether or not they were declared before the runs."""
+        return verdict(list(self.outcomes))
 
     @property
     def verdict(self) -> str:
-        return verdict(list(self.outcomes))
+        return "post hoc" if self.post_hoc else self.tested_verdict
+
+    def verdict_line(self, rule: int = RULE_VERSION) -> str:
+        """The verdict with its sub-claims, e.g. "partly: BRN's gain reproduced; BN's failure not reproduced ..."."""
+        phrase = verdict_phrase(list(self.outcomes), self.regime, rule)
+        return f"post hoc (would read: {phrase})" if self.post_hoc else phrase
 
 
 def _load_mapping(path: Path) -> dict:
@@ -88,7 +107,7 @@ def load_study_claim(path: Path, claim_ids: set[str], root: Path | None = None) 
     unknown = set(data) - set(CLAIM_FIELDS)
     if unknown:
         raise ClaimFileError(path, sorted(unknown)[0], f"unknown field (allowed: {', '.join(CLAIM_FIELDS)})")
-    for name in ONE_LINE_FIELDS:
+    for name in (*ONE_LINE_FIELDS, *(k for k in OPTIONAL_ONE_LINE if k in data)):
         value = data.get(name)
         if not isinstance(value, str) or not value.strip():
             raise ClaimFileError(path, name, "missing or empty (a one-line string)")
@@ -104,6 +123,8 @@ def load_study_claim(path: Path, claim_ids: set[str], root: Path | None = None) 
         **{k: data[k].strip() for k in ONE_LINE_FIELDS},
         tests=specs,
         outcomes=outcomes,
+        regime=str(data.get("regime", "")).strip(),
+        registration=registration(path, results_dir, sorted({s.table for s in specs})),
     )
 
 
@@ -121,7 +142,9 @@ def claim_rows(experiments_dir: Path, root: Path | None = None) -> list[tuple[Cl
 
 def verdict_text(sc: StudyClaim) -> str:
     """A study's computed verdict and every test's line, as `bnlab report` prints it and READMEs show it."""
-    lines = [f"{sc.study} ({sc.claim}): {sc.verdict}"]
+    lines = [f"{sc.study} ({sc.claim}): {sc.verdict_line()}"]
+    if sc.registration is not None:
+        lines.append(f"  {sc.registration.line()}")
     lines += [f"  {r.line()}" for r in sc.outcomes]
     return "\n".join(lines)
 
@@ -132,7 +155,8 @@ README_END = "<!-- /verdict -->"
 
 def readme_block(sc: StudyClaim) -> str:
     """The computed verdict as a README section (a fenced block: the numbers as `bnlab report` prints them)."""
-    return f"{README_START}\n**Computed verdict: {sc.verdict}**\n\n```\n{verdict_text(sc)}\n```\n{README_END}"
+    head = f"**Computed verdict (rule {RULE_VERSION}): {sc.verdict_line()}**"
+    return f"{README_START}\n{head}\n\n```\n{verdict_text(sc)}\n```\n{README_END}"
 
 
 def update_readme(sc: StudyClaim, readme: Path) -> bool:
@@ -147,6 +171,45 @@ def update_readme(sc: StudyClaim, readme: Path) -> bool:
         new = head + block + rest.split(README_END, 1)[1]
     else:
         new = text.rstrip("\n") + "\n\n## Computed verdict\n\n" + block + "\n"
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True
+
+
+RULES_START = "<!-- rules: computed by `bnlab report`: every study's verdict under each rule; do not edit by hand -->"
+RULES_END = "<!-- /rules -->"
+
+
+def rules_table(rows: list[tuple[Claim, list[StudyClaim]]]) -> str:
+    """Every study's verdict under each rule on the committed results, and whether its tests preceded its runs:
+    what a rule change moves, in one table (experiments/README.md)."""
+    head = ["study", "claim", "rule 1", f"rule {RULE_VERSION} (the tests)", "declared / run at", "verdict now"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, studies in rows:
+        for sc in studies:
+            reg = sc.registration
+            order = "not checked" if reg is None or reg.note and not reg.post_hoc else _order(reg)
+            tested = verdict_phrase(list(sc.outcomes), sc.regime)
+            cells = [sc.study, claim.id, verdict(list(sc.outcomes), 1), tested, order, sc.verdict]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _order(reg: Registration) -> str:
+    runs = ", ".join(c[:7] + ("*" if c in reg.missing else "") for c in reg.run_commits) or "none recorded"
+    declared = reg.declared_at if reg.declared_at in (None, "working tree") else reg.declared_at[:7]
+    return f"{declared} / {runs}" + (" (post hoc)" if reg.post_hoc else "")
+
+
+def update_rules_block(rows: list[tuple[Claim, list[StudyClaim]]], readme: Path) -> bool:
+    """Replace the rules block of experiments/README.md (True when it changed; False without markers)."""
+    readme = Path(readme)
+    text = readme.read_text() if readme.is_file() else ""
+    if RULES_START not in text or RULES_END not in text:
+        return False
+    head, rest = text.split(RULES_START, 1)
+    new = head + f"{RULES_START}\n{rules_table(rows)}\n{RULES_END}" + rest.split(RULES_END, 1)[1]
     if new == text:
         return False
     readme.write_text(new)

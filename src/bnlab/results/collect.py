@@ -30,6 +30,7 @@ SUMMARY_KEYS = (
     "cpu_model",
     "threads",
     "math_libraries",
+    "aten_cpu_capability",
     "device",
     "device_name",
     "torch",

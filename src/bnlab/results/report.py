@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bnlab.results.claim_tests import RULE_VERSION
 from bnlab.results.claims import NO_STUDY, claim_rows
 from bnlab.utils.io import atomic_write_text
 
@@ -21,10 +22,12 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px sol
 vertical-align:top}th{background:#f3f3f3;text-align:left}.wide{overflow-x:auto;max-width:100%;margin:0 0 1.5em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
 .claims td{min-width:6em}.claims td.text{min-width:12em}.claims td.tests{min-width:26em}
-.v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}
-.v-inconclusive,.v-exploratory{background:#eef2f8}.v-contradicted{background:#f9e0de}
+.v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}.v-not-reproduced{background:#f6ece4}
+.v-inconclusive,.v-exploratory,.v-post-hoc{background:#eef2f8}.v-contradicted{background:#f9e0de}
 .v-not-run,.v-no-study-yet{background:#eee;color:#555}ul.tests{margin:0;padding-left:1.2em}
-.o-supported{color:#1d6b1d}.o-contradicted{color:#a11}.o-too-few-seeds,.o-not-run{color:#666}"""
+.o-supported{color:#1d6b1d}.o-contradicted{color:#a11}.o-not-reproduced{color:#8a4b14}
+.o-too-few-seeds,.o-not-run{color:#666}"""
+NO_VERDICT = ("exploratory", "not run", "post hoc")  # verdicts under which a study's tables carry none
 
 
 def _anchor(study: str) -> str:
@@ -58,6 +61,14 @@ def _tests_cell(sc) -> str:
     return f'<ul class="tests">{"".join(items)}</ul>'
 
 
+def _detail(sc) -> str:
+    """Below the verdict word: its sub-claims, then when the tests were declared and when the runs ran."""
+    line = sc.verdict_line()
+    detail = line.split(": ", 1)[1] if line.startswith(sc.verdict + ": ") else line.removeprefix(sc.verdict).strip()
+    reg = sc.registration.line() if sc.registration is not None else ""
+    return " | ".join(x for x in (detail, reg) if x)
+
+
 def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_shown: set[str]) -> str:
     """The report's opening table from `claim_rows`: per claim, each study's source result, our setting, the
     declared tests with their computed outcomes, the computed verdict, and links."""
@@ -85,16 +96,18 @@ def claims_table(claims: list, experiments_dir: Path, page_dir: Path, studies_sh
             rows.append(
                 f'<tr id="claim-{cid}-{html.escape(sc.study)}">{first}<td class="text">{html.escape(sc.source)}</td>'
                 f'<td class="text">{html.escape(sc.ours)}</td><td class="tests">{_tests_cell(sc)}</td>'
-                f'<td class="{verdict_class}">{sc.verdict}</td>'
+                f'<td class="{verdict_class}"><b>{sc.verdict}</b><br><small>{html.escape(_detail(sc))}</small></td>'
                 f"<td><b>{html.escape(sc.study)}</b><br>{'<br>'.join(links)}</td></tr>"
             )
     header = "".join(f"<th>{h}</th>" for h in head)
     rule = (
-        "<p><small>Verdicts are computed (bnlab.results.claim_tests): reproduced = every declared test supported; "
-        "partly = some; inconclusive = no test supported or contradicted; contradicted = every test significant "
-        "against the claim or negligible (its CI rules out the smallest effect declared to matter); "
-        "exploratory = an arm has fewer than 5 seeds (no verdict); not run = a test has no committed data. "
-        "CIs are 95% from the t distribution over seeds.</small></p>"
+        f"<p><small>Verdicts are computed (bnlab.results.claim_tests, rule {RULE_VERSION}): reproduced = every "
+        "declared test supported; partly = some, with each sub-claim's word; contradicted = a test significant "
+        "against the claim and none supported; not reproduced = every test's CI rules out the smallest effect "
+        "declared to matter, in the regime named (not evidence about other regimes); inconclusive = the rest; "
+        "exploratory = an arm has fewer than 5 seeds (no verdict); not run = a test has no committed data; "
+        "post hoc = the tests' decisive fields changed after the commit the runs record (checked from git; "
+        "exploratory until rerun). CIs are 95% from the t distribution over seeds.</small></p>"
     )
     table = f'<table class="claims"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     return rule + _wide(table)
@@ -113,10 +126,15 @@ def _cell_text(text):
 def _section(folder: Path, title: str, anchor: str | None, verdict: str | None = None) -> str:
     id_attr = f' id="{anchor}"' if anchor else ""
     parts = [f"<h2{id_attr}>{html.escape(title)}</h2>"]
-    if verdict in ("exploratory", "not run"):  # the study's tables carry no verdict: say so above them
+    if verdict in NO_VERDICT:  # the study's tables carry no verdict: say so above them
+        why = (
+            "its tests' decisive fields changed after the commit its runs record (or that commit is not in history)"
+            if verdict == "post hoc"
+            else "a declared test of this study has fewer than 5 seeds per arm or no committed data"
+        )
         parts.append(
-            f'<p class="v-{verdict.replace(" ", "-")}"><b>{verdict}:</b> a declared test of this study has fewer than '
-            "5 seeds per arm or no committed data; its tables and figures are exploratory and carry no verdict.</p>"
+            f'<p class="v-{verdict.replace(" ", "-")}"><b>{verdict}:</b> {why}; its tables and figures are '
+            "exploratory and carry no verdict.</p>"
         )
     for csv in sorted(folder.glob("*.csv")):
         if csv.stem in SKIP_TABLES or not csv.with_suffix(".md").exists():

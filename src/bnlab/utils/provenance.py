@@ -1,9 +1,11 @@
 """What produced a result: git commit (and dirtiness), library versions, device, CPU model, threads and math
-libraries. On CPU a run is bitwise reproducible for the same CPU model, thread count and torch build (measured:
-results/README.md), so those are recorded beside the commit."""
+libraries. On CPU a run is bitwise reproducible with the same commit, thread count, torch build and the CPU
+instruction set ATen dispatches to (ATEN_CPU_CAPABILITY; measured: results/README.md), so those are recorded beside
+the commit. None of this enters a run's hash (bnlab.train.run_dir)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -80,6 +82,8 @@ def environment(device: str) -> dict:
         "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "math_libraries": math_libraries(),
+        # the instruction set a rerun must force to be bitwise on another CPU (None: torch chose the CPU's best)
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
