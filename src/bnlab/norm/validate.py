@@ -69,7 +69,8 @@ def check_nbs(cfg, sync: bool) -> None:
         if problem:
             raise ConfigError("norm.nbs", f"nbs={nbs} > {key}={bs} {problem}; in one process use nbs <= {bs}")
     _check_partial_batches(cfg, nbs, train_bs, eval_bs)
-    one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS)
+    if "ghost_layout" in cfg.norm:  # a layer without the key groups its own (contiguous) way
+        one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS)
 
 
 def precise_sizes(cfg) -> list[int]:
