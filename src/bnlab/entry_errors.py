@@ -42,13 +42,15 @@ def yaml_line(e) -> str:
 def hydra_line(e) -> str:
     """Hydra's own errors in one line: an unknown config group option names the group, the options and the nearest
     one; others (a misspelt key, an override that does not parse) lose their line breaks and the search path."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(e, MissingConfigException) and e.options and "/" in (e.missing_cfg_file or ""):
         group, _, name = e.missing_cfg_file.rpartition("/")
         near = difflib.get_close_matches(name, e.options, n=1)
         hint = f"; did you mean {group}={near[0]}?" if near else ""
         return str(ConfigError(group, f"no config {group}/{name}.yaml{hint}", allowed=sorted(e.options)))
+    if isinstance(e, OverrideParseException):  # the grammar's complaint, after the override that it refused
+        return f"override {e.override!r} does not parse: {e.message.splitlines()[0].split('. See ')[0]}"
     text = str(e).split("\nConfig search path:")[0]
     cause = e.__cause__
     if cause is not None and str(cause) not in text:
