@@ -83,7 +83,8 @@ LAYERS = [
     ["bnlab.diagnostics"],
     ["bnlab.runner", "bnlab.plan"],  # one run: validates, builds, hands fit its hooks; plan checks a sweep
     ["bnlab.sweep"],
-    ["bnlab.cli", "bnlab.train.__main__", "bnlab.bench"],  # entry points; bench measures everything below
+    ["bnlab.cli", "bnlab.train.__main__", "bnlab.bench", "bnlab.entry_errors"],  # entry points and their one
+    # error path; bench measures everything below
 ]
 
 

@@ -144,3 +144,31 @@ def test_truncated_metrics_make_a_run_inconsistent_not_completed(tiny_cfg):
     written = default_analysis(runs, epochs, Path(ok["run_dir"]).parent / "_out")
     table = pd.read_csv(next(p for p in written if p.name == "table.csv"))
     assert list(table["n"]) == [1]  # only the consistent run
+
+
+def test_a_copied_run_folder_is_counted_once_by_its_run_id(tmp_path):
+    """`cp -r <hash> <hash>.bak`: the same run (summary.json's run_id), collected once, the copy named in a note."""
+    import json
+
+    from bnlab.results.collect import collect_study
+
+    for folder in ("abc123", "abc123.bak"):
+        d = tmp_path / "s" / folder
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("study: s\nseed: 0\npreset: null\noptim:\n  lr: 0.1\n")
+        (d / "summary.json").write_text(json.dumps({"run_id": "abc123", "status": "completed"}))
+    got = collect_study(tmp_path, "s", preset="none")
+    assert list(got.runs["run_dir"]) == [str(tmp_path / "s" / "abc123")]
+    assert any("abc123.bak: a copy of run abc123" in n for n in got.notes)
+
+
+def test_a_table_never_pools_runs_that_differ_in_a_config_key():
+    """A study without a grid (the demo's) with runs at two learning rates: a row per (nbs, lr), not one per nbs."""
+    from bnlab.results.tables import aggregate
+
+    runs = pd.DataFrame(
+        {"nbs": [32, 32, 32], "optim.lr": [0.1, 0.1, 0.05], "seed": [0, 1, 0], "val_err": [0.1, 0.2, 0.5]}
+    )
+    table = aggregate(runs, ["nbs"], ["val_err"])
+    assert list(table["optim.lr"]) == [0.05, 0.1] and list(table["n"]) == [1, 2]
+    assert list(aggregate(runs[runs["optim.lr"] == 0.1], ["nbs"], ["val_err"]).columns[:1]) == ["nbs"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -112,26 +113,29 @@ def test_health_on_an_image_folder_without_a_loss(user_module, tmp_path, capsys)
         (["--model", "{mod}:build_wider"], "StateDictMismatchError: checkpoint {ckpt} does not match the model"),
     ],
 )
-def test_health_names_what_is_wrong(user_module, tmp_path, args, error):
+def test_health_names_what_is_wrong(user_module, tmp_path, args, error, capsys):
     ckpt = _checkpoint(user_module, tmp_path)
     args = [a.format(mod=user_module) for a in args]
     if "--data" not in args:
         args += ["--data", f"{user_module}:batches"]
     with pytest.raises(SystemExit) as e:
         cli_main(["health", str(ckpt), *args])
-    assert error.format(mod=user_module, ckpt=ckpt) in str(e.value)
+    assert e.value.code == 2 and error.format(mod=user_module, ckpt=ckpt) in capsys.readouterr().err
 
 
-def test_health_names_a_missing_or_corrupt_checkpoint(user_module, tmp_path):
+def test_health_names_a_missing_or_corrupt_checkpoint(user_module, tmp_path, capsys):
     spec = ["--model", f"{user_module}:build", "--data", f"{user_module}:batches"]
-    with pytest.raises(SystemExit, match="CheckpointLoadError: checkpoint .*nothing.pt not found"):
-        cli_main(["health", str(tmp_path / "nothing.pt"), *spec])
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(SystemExit, match="CheckpointLoadError: checkpoint .*bad.pt does not load"):
-        cli_main(["health", str(bad), *spec])
-    with pytest.raises(SystemExit, match="is a file: a bnlab run directory is expected"):
-        cli_main(["health", str(bad)])
+    for args, error in [
+        ([str(tmp_path / "nothing.pt"), *spec], r"CheckpointLoadError: checkpoint .*nothing.pt not found"),
+        ([str(bad), *spec], r"CheckpointLoadError: checkpoint .*bad.pt does not load"),
+        ([str(bad)], "is a file: a bnlab run directory is expected"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(["health", *args])
+        assert e.value.code == 2
+        assert re.search(error, capsys.readouterr().err)
 
 
 @pytest.mark.e2e

@@ -291,6 +291,73 @@ def test_hook_reports_a_collapsed_channel_as_an_event_with_its_step():
     assert [(e["cause"], e["step"]) for e in hook.events] == [("collapsed_variance", s) for s in (1, 2, 3)]
 
 
+# --- the global RNG, with DataLoaders that shuffle (issue 33) --------------------------------------------------
+def _shuffled(seed: int, n: int = 64) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(*_labelled(torch.randn(n, 2, 4, 4, generator=g))), batch_size=16, shuffle=True)
+
+
+def _rng() -> tuple:
+    import random
+
+    import numpy as np
+
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].tolist()
+
+
+def test_diagnose_with_shuffling_dataloaders_leaves_the_global_rng_as_found():
+    """The README's call, diagnose(model, train_loader, val_loader): each loader draws its shuffle seed from the
+    global generator when read, which must not show outside."""
+    net, train, val = _net(), _shuffled(1), _shuffled(2)
+    before = _rng()
+    diagnose(net, train, val, loss_fn=CE)
+    after = _rng()
+    assert torch.equal(after[0], before[0]) and after[1:] == before[1:]
+
+
+def _train_with(hook_factory, steps: int = 12) -> dict:
+    torch.manual_seed(3)
+    net = _net()
+    hook = hook_factory(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = _shuffled(9)
+    step = 0
+    while step < steps:
+        for x, y in loader:  # each pass reshuffles from the global generator
+            net.train()
+            opt.zero_grad()
+            CE(net(x), y).backward()
+            opt.step()
+            step += 1
+            if hook is not None:
+                hook.step(step, (x, y))
+            if step == steps:
+                break
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_a_loop_with_the_hook_on_a_shuffled_loader_ends_with_the_weights_it_has_without():
+    without = _train_with(lambda net: None)
+    with_hook = _train_with(lambda net: BNHealthHook(net, _shuffled(2), every=4, log=lambda m, step: None, loss_fn=CE))
+    assert with_hook.keys() == without.keys()
+    assert all(torch.equal(with_hook[k], without[k]) for k in without)
+
+
+def test_the_lightning_callback_reading_the_trainers_shuffled_loader_leaves_the_rng_as_found():
+    """The callback's logic (no Lightning needed): it reads trainer.val_dataloaders when the hook starts."""
+    from bnlab.diagnostics import lightning_callback as lc
+
+    trainer = SimpleNamespace(global_step=0, loggers=[], val_dataloaders=[_shuffled(2)])
+    cb = lc._HealthCallbackLogic(every_n_steps=1, loss_fn=CE)
+    net, batch = _net(), _labelled(torch.randn(16, 2, 4, 4))
+    before = _rng()
+    trainer.global_step = 1
+    cb.on_train_batch_end(trainer, net, None, batch, 1)  # starts the hook (reads the loader), then diagnoses
+    after = _rng()
+    assert cb.hook is not None and cb.hook.last is not None
+    assert torch.equal(after[0], before[0]) and after[1:] == before[1:]
+
+
 # --- PyTorch Lightning --------------------------------------------------------------------------------------
 def _has_lightning() -> bool:
     try:

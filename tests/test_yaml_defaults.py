@@ -102,3 +102,68 @@ def test_no_fallback_disagrees_with_the_yaml():
         if value != default
     ]
     assert not wrong, "read the key without a fallback (or make it agree):\n" + "\n".join(wrong)
+
+
+# --- every group file names the code that reads it (issue 33) --------------------------------------------------
+REGISTRIES = {  # group -> (module, registry name)
+    "data": ("bnlab.data", "DATASETS"),
+    "sampler": ("bnlab.data.samplers", "SAMPLERS"),
+    "model": ("bnlab.models", "MODELS"),
+    "norm": ("bnlab.norm", "NORMS"),
+    "optim": ("bnlab.train.optim", "OPTIMIZERS"),
+    "schedule": ("bnlab.train.optim", "SCHEDULES"),
+    "loss": ("bnlab.train.losses", "LOSSES"),
+}
+
+
+def _resolve(dotted: str):
+    """The object a dotted path names (module, then attributes), or a repository file that exists."""
+    import importlib
+
+    if "/" in dotted:
+        assert (REPO_ROOT / dotted).is_file(), dotted
+        return None
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # a package's attribute first (bnlab.data.synthetic: the function)
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            target = getattr(target, attr)
+        return target
+    return importlib.import_module(dotted)
+
+
+def test_every_group_yaml_names_the_code_that_reads_it():
+    """A `# read by: <module.callable>` line in each conf/<group>/*.yaml header; for a registry's group it is the
+    constructor that `name:` selects (or the factory of a builder made inside one)."""
+    import importlib
+
+    from hydra import compose, initialize_config_dir
+
+    from bnlab.norm.layer import load_layers
+
+    load_layers()
+    missing, wrong = [], []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for path in sorted(CONF.rglob("*.yaml")):
+            rel = path.relative_to(CONF)
+            if len(rel.parts) < 2:
+                continue
+            header = [ln for ln in path.read_text().splitlines()[:3] if ln.startswith("# read by: ")]
+            if not header:
+                missing.append(str(rel))
+                continue
+            named = _resolve(header[0].removeprefix("# read by: ").split()[0])
+            group = rel.parts[0]
+            if group in REGISTRIES:
+                module, attr = REGISTRIES[group]
+                fn = getattr(importlib.import_module(module), attr)[
+                    compose("train", [f"{group}={path.stem}"])[group].name
+                ]
+                same = named == fn or fn.__qualname__.startswith(f"{getattr(named, '__qualname__', '')}.<locals>")
+                if not same:
+                    wrong.append(f"{rel}: {header[0]} but {group}.name builds {fn.__qualname__}")
+    assert not missing, f"no '# read by:' line: {missing}"
+    assert not wrong, wrong

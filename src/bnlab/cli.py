@@ -66,7 +66,7 @@ def cmd_collect(args) -> None:
         print(f"[bnlab] {note}" if not note.startswith("  ") else note)
     if got.runs.empty:
         where = Path(args.runs) / args.study
-        sys.exit(f"error: no runs of study {args.study} (preset {args.preset}) to collect under {where}")
+        raise UsageError(f"no runs of study {args.study} (preset {args.preset}) to collect under {where}")
     out = _results_dir(args)
     save(got.runs, got.epochs, out)
     counts = got.runs["status"].value_counts().to_dict()
@@ -108,7 +108,7 @@ def cmd_sync(args) -> None:
     study_dir = Path(args.runs) / args.study
     dirs = run_dirs(study_dir)
     if not dirs:
-        sys.exit(f"error: no run directories under {study_dir}")
+        raise UsageError(f"no run directories under {study_dir} (studies: {', '.join(studies())})")
     for d in dirs:
         with RunDir(d).locked() as owned:  # a run training now writes its own W&B run: leave it alone
             print(sync_run(d) if owned else f"{d}: being trained now, skipped (its attempt logs to W&B itself)")
@@ -119,10 +119,10 @@ def cmd_health(args) -> None:
     target = Path(args.target)
     if args.model is None:
         if args.data or args.images:
-            sys.exit("error: --data/--images are for a model bnlab did not build: give it with --model module:callable")
+            raise UsageError("--data/--images are for a model bnlab did not build: give it with --model mod:callable")
         if target.is_file():
-            sys.exit(
-                f"error: {target} is a file: a bnlab run directory is expected, or pass the model that the checkpoint "
+            raise UsageError(
+                f"{target} is a file: a bnlab run directory is expected, or pass the model that the checkpoint "
                 "belongs to with --model module:callable (and --data module:callable or --images DIR)"
             )
         from bnlab.diagnostics.report import health_report
@@ -133,7 +133,7 @@ def cmd_health(args) -> None:
     from bnlab.diagnostics.foreign import foreign_report
 
     if args.overrides:
-        sys.exit(f"error: config overrides ({args.overrides[0]} ...) are for bnlab run directories, not --model")
+        raise UsageError(f"config overrides ({args.overrides[0]} ...) are for bnlab run directories, not --model")
     image_options = {
         "batch_size": args.batch_size,
         "image_size": args.image_size,
@@ -154,7 +154,7 @@ def cmd_health(args) -> None:
             val_batches=args.val_batches,
         )
     except HealthInputError as e:
-        sys.exit(f"error: {type(e).__name__}: {e}")
+        raise UsageError(f"{type(e).__name__}: {e}") from e
     print(f"checkpoint {args.target}, model {args.model}")
     print(report.text())
     if args.json:
@@ -366,15 +366,16 @@ def main(argv: list[str] | None = None) -> None:
         if study != args.study:
             print(f"[bnlab] {args.study}'s runs join study {study}: {args.command} of {study}")
             args.study = study
-    from bnlab.config_errors import ConfigError
-    from bnlab.data.errors import DatasetNotFoundError
-    from bnlab.train.checkpoint import CheckpointError
+    from bnlab.entry_errors import USER_ERRORS, error_line
 
     try:
         args.fn(args)
-    except (UsageError, ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one line when it is the user's to fix
+        got = error_line(e, (*USER_ERRORS, UsageError, FileNotFoundError))
+        if got is None:
+            raise
+        print(got[0], file=sys.stderr)
+        sys.exit(got[1])
 
 
 if __name__ == "__main__":

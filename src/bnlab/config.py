@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import math
 import netrc
 import os
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bnlab.config_errors import ConfigError
 
@@ -113,6 +114,27 @@ def check_device(cfg) -> str:
     return device
 
 
+def check_finite(node, path: str = "") -> None:
+    """No number in the config is nan or inf: `optim.lr=nan` would train, diverge and leave a run behind."""
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else ()
+    for key, value in items:
+        full = f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(full, f"must be a finite number, got {value!r}")
+        check_finite(value, full)
+
+
+def check_out_dir(cfg) -> None:
+    """out_dir (and the study folder in it) must be folders or not exist yet: a regular file there is named here,
+    not met as a NotADirectoryError when the run directory is read."""
+    path = Path(str(cfg.out_dir)) / str(cfg.study)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError("out_dir", f"{p} is a file, not a folder for run directories")
+        if p.is_dir():
+            return
+
+
 def validate(cfg: DictConfig) -> None:
     from bnlab.data import DATASETS, SHARED_KEYS, validate_data_config
     from bnlab.data.samplers import SAMPLERS
@@ -133,6 +155,8 @@ def validate(cfg: DictConfig) -> None:
     SCHEDULES.check(cfg.schedule, shared=("length_epochs",))  # read by Schedule itself
     LOSSES.check(cfg.loss)
     check_unknown_keys(cfg)
+    check_finite(cfg)
+    check_out_dir(cfg)
     check_logger(cfg)
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:

@@ -169,6 +169,9 @@ def check_sweep(master: DictConfig) -> list[Job]:
     if not sweeper.endswith("BasicSweeper"):  # another sweeper expands jobs its own way: its jobs check themselves
         return []
     jobs = plan_jobs(master, GlobalHydra.instance().config_loader())
+    if not jobs:  # Hydra would launch nothing, exit 0 and leave an empty _multirun/ folder behind
+        print(f"error: {empty_sweep(master)}; nothing was started", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     bad = [j for j in jobs if j.error]
     if bad:
         for j in bad:
@@ -194,6 +197,18 @@ def check_sweep(master: DictConfig) -> list[Job]:
         [{"arm": j.arm, "seed": j.seed, "preset": j.preset, "run_dir": str(j.run_dir)} for j in jobs if j.arm]
     )
     return jobs
+
+
+def empty_sweep(master: DictConfig) -> str:
+    """Why a sweep has no jobs: the swept key whose values expand to none (`seed=range(0,0)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = master.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
+    for o in OverridesParser.create().parse_overrides(arguments):
+        if o.is_sweep_override() and not list(o.sweep_string_iterator()):
+            return f"config key '{o.get_key_element()}': {o.input_line} sweeps no values, so the sweep has no jobs"
+    return "the sweep has no jobs"
 
 
 def _jobs_text(jobs: list[Job], limit: int = 4) -> str:

@@ -17,6 +17,10 @@ from bnlab.config_errors import ConfigError
 _CONFIGURABLE = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+def _signature(fn: Callable) -> list[inspect.Parameter]:
+    return list(inspect.signature(fn).parameters.values())
+
+
 class Registry(dict):
     """`group` is the config path errors name (norm -> 'norm.name', 'norm.eps'); `runtime` are the arguments the
     builder supplies itself (e.g. num_features, labels), never read from the config."""
@@ -38,13 +42,21 @@ class Registry(dict):
         return self[name]
 
     def options(self, name: str) -> tuple[list[str], list[str]]:
-        """(config keys the constructor accepts, those without a default: the YAML must give them)."""
-        params = [
-            p
-            for p in inspect.signature(self[name]).parameters.values()
-            if p.kind in _CONFIGURABLE and p.name not in self.runtime
-        ]
+        """(config keys the constructor accepts, those without a default: the YAML must give them).
+
+        A `from_config(cls, ..., **kwargs)` classmethod that forwards its `**kwargs` to the class accepts the
+        class's own keyword arguments too (followed here); any other constructor taking `**kwargs` must name its
+        config keys in its signature, or they are refused as unknown."""
+        fn = self[name]
+        params = self._params(fn)
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, type) and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _signature(fn)):
+            named = {p.name for p in params}
+            params += [p for p in self._params(owner) if p.name not in named]
         return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+
+    def _params(self, fn: Callable) -> list[inspect.Parameter]:
+        return [p for p in _signature(fn) if p.kind in _CONFIGURABLE and p.name not in self.runtime]
 
     def kwargs(self, cfg, prefix: str | None = None, shared: Iterable[str] = ()) -> dict:
         """The constructor's keyword arguments from `cfg`, after checking every key. `shared` keys belong to the

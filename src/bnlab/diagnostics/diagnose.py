@@ -17,7 +17,7 @@ like a loss) or, for outputs with a single channel, the relative squared differe
 
 The model is left exactly as found: every module's train/eval flag, every buffer (running statistics and
 num_batches_tracked), parameters, gradients, and the global RNG state (dropout in train-mode passes draws from a
-forked generator), on CPU and CUDA.
+forked generator, on CPU and CUDA; reading a DataLoader's batches, which draws its shuffle seed, is undone too).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from torch import nn
 from bnlab.diagnostics.health import EVENTS, HealthConfig, bn_layers, judge, measure
 from bnlab.norm.modes import preserved_buffers
 from bnlab.norm.precise import precise_bn
+from bnlab.utils.seeding import rng_kept
 
 # What to try per cause, for a model outside bnlab (plain PyTorch terms; bnlab's runs print health.REMEDIES).
 ADVICE: dict[str, list[str]] = {
@@ -217,7 +218,8 @@ def _first(batches, n: int, what: str) -> list:
     if isinstance(batches, torch.Tensor):
         batches = [batches]
     try:
-        out = list(islice(iter(batches), n))
+        with rng_kept():  # reading a shuffling DataLoader draws a seed: the caller's training order stays its own
+            out = list(islice(iter(batches), n))
     except TypeError as e:
         raise HealthInputError(f"{what}: expected an iterable of tensors or (x, y) batches, got {type(batches)}") from e
     for b in out:

@@ -69,9 +69,26 @@ def freeze_batchnorm(model: nn.Module, trainable_affine: bool = False) -> nn.Mod
     if callable(getattr(type(model), "frozen", None)):  # a layer's own way (norm/layer.py)
         return model.frozen(trainable_affine)
     if is_batchnorm(model):
+        refuse_unfaithful(model)
         return FrozenBatchNorm2d.from_batchnorm(model, trainable_affine)
     for name, child in model.named_children():
         new = freeze_batchnorm(child, trainable_affine)
         if new is not child:
             setattr(model, name, new)
     return model
+
+
+def _forward_owner(layer: nn.Module) -> type:
+    return next(c for c in type(layer).__mro__ if "forward" in vars(c))
+
+
+def refuse_unfaithful(layer: nn.Module) -> None:
+    """Frozen BN reproduces BN's normalization and affine, nothing else: a BN subclass whose own `forward` (outside
+    torch and bnlab.norm) may add to them is refused, named, unless it says how it freezes with `frozen()`."""
+    owner = _forward_owner(layer)
+    if owner.__module__.split(".")[0] == "torch" or owner.__module__.startswith("bnlab.norm."):
+        return
+    raise TypeError(
+        f"freeze_batchnorm: {type(layer).__name__} overrides forward ({owner.__module__}.{owner.__qualname__}), "
+        "which FrozenBatchNorm2d would silently drop; define frozen(self, trainable_affine) -> nn.Module on it"
+    )

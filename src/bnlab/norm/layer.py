@@ -19,6 +19,12 @@ Its answers, each with a default here:
   layer that freezes another way defines `frozen(trainable_affine)` -> the module that replaces it;
 - `why_not_stackable()`: why k copies cannot run under torch.func.vmap (train/stacked.py), or None.
 
+Subclassing a layer keeps the contract: a `from_config(cls, *args, **kwargs)` that forwards to the class accepts
+the class's keyword arguments (the registry follows `**kwargs` to the class's signature; a plain function taking
+`**kwargs` must name its keys); BatchNorm2d's `check_config` checks only the keys the config holds, so a subclass
+with fewer keys inherits it as it is; a BN subclass that overrides `forward` must define `frozen()`, or
+`freeze_batchnorm` refuses it (Frozen BN would drop what its forward adds).
+
 Layers bnlab did not write (torch's BatchNorm1d/2d/3d and SyncBatchNorm, GroupNorm, torchvision's
 FrozenBatchNorm2d in a foreign model) get the same answers here, from what torch's classes are.
 """

@@ -23,12 +23,12 @@ def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def number(norm, key: str, low: float) -> None:
-    """norm.<key> is a number >= low (> 0 for eps)."""
+def number(norm, key: str, low: float, strict: bool = False) -> None:
+    """norm.<key> is a number >= low (> low when `strict`); the message states the rule that was applied."""
     v = norm.get(key)
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and v >= low
-    if not ok or (key == "eps" and v == 0):
-        raise ConfigError(f"norm.{key}", f"must be a number >= {low}, got {v!r}")
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and (v > low if strict else v >= low)
+    if not ok:
+        raise ConfigError(f"norm.{key}", f"must be a number {'>' if strict else '>='} {low}, got {v!r}")
 
 
 def momentum(norm, allow_none: bool = False) -> None:
@@ -69,7 +69,8 @@ def check_nbs(cfg, sync: bool) -> None:
         if problem:
             raise ConfigError("norm.nbs", f"nbs={nbs} > {key}={bs} {problem}; in one process use nbs <= {bs}")
     _check_partial_batches(cfg, nbs, train_bs, eval_bs)
-    one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS)
+    if "ghost_layout" in cfg.norm:  # a layer without the key groups its own (contiguous) way
+        one_of(cfg.norm, "ghost_layout", GHOST_LAYOUTS)
 
 
 def precise_sizes(cfg) -> list[int]:
@@ -126,6 +127,6 @@ def check_val_size(cfg, n_val: int | None) -> None:
 def validate_norm(cfg) -> None:
     """Raise ConfigError (naming norm.<key>) for values the norm layers would reject at the first batch."""
     if "eps" in cfg.norm:
-        number(cfg.norm, "eps", 0)
+        number(cfg.norm, "eps", 0, strict=True)  # eps keeps 1/sqrt(var + eps) finite on a constant channel
     layer_class(cfg.norm.get("name")).check_config(cfg)
     precise_sizes(cfg)

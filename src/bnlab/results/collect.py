@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bnlab.utils.io import atomic_write_text, read_json
+from bnlab.utils.io import read_json
 
 SUMMARY_KEYS = (
     "status",
@@ -52,11 +52,30 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _run_id(run_dir: Path, config: dict | None, summary: dict | None) -> str:
+    """A run's id: the one its summary.json records, else the hash of its config.yaml, else the folder's name; a
+    copied folder (`<hash>.bak`) keeps the id of the run it copies."""
+    if summary and isinstance(summary.get("run_id"), str):
+        return summary["run_id"]
+    if config:
+        from omegaconf import OmegaConf
+
+        from bnlab.train.run_dir import run_id
+
+        try:
+            return run_id(OmegaConf.create(config))
+        except Exception:  # noqa: BLE001 - an unresolvable config keeps the folder's name (its problem is reported)
+            pass
+    return run_dir.name
+
+
 def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     row: dict = {"run_id": run_dir.name, "run_dir": str(run_dir)}
     problems = []
+    config = None
     try:
-        row.update(flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        row.update(flatten(config))
     except (OSError, yaml.YAMLError) as e:
         problems.append(f"config.yaml: {e}")
     epochs = None
@@ -66,6 +85,7 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             problems.append(f"metrics.csv: {e}")
     summary = read_json(run_dir / "summary.json")
+    row["run_id"] = _run_id(run_dir, config, summary)
     if summary is None and (run_dir / "summary.json").exists():
         problems.append("summary.json unreadable")
     if summary:
@@ -82,7 +102,7 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
             row["epochs_completed"] = len(epochs)
     row["problem"] = "; ".join(problems) or None
     if epochs is not None:
-        epochs.insert(0, "run_id", run_dir.name)
+        epochs.insert(0, "run_id", row["run_id"])
     return row, epochs
 
 
@@ -128,16 +148,31 @@ def run_dirs(study_dir: Path) -> list[Path]:
     return sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "config.yaml").exists())
 
 
-def collect(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    rows, per_epoch = [], []
+def collect(study_dir: str | Path, notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per run (by run id: a copied run folder is counted once, the folder named by the id kept) and the
+    per-epoch rows of those runs; `notes` receives the copies left out."""
+    rows, per_epoch, seen = {}, {}, {}
     for d in run_dirs(Path(study_dir)):
         row, epochs = _read_run(d)
-        rows.append(row)
+        rid = row["run_id"]
+        if rid in rows and d.name != rid:  # a copy of a run already read (sorted: `<hash>` before `<hash>.bak`)
+            _note(notes, f"{d}: a copy of run {rid} ({seen[rid]}), counted once")
+            continue
+        if rid in rows:
+            _note(notes, f"{seen[rid]}: a copy of run {rid} ({d}), counted once")
+        rows[rid], seen[rid] = row, d
+        per_epoch.pop(rid, None)
         if epochs is not None:
-            per_epoch.append(epochs)
-    runs = pd.DataFrame(rows)
+            per_epoch[rid] = epochs
+    runs = pd.DataFrame(list(rows.values()))
+    per_epoch = list(per_epoch.values())
     epochs = pd.concat(per_epoch, ignore_index=True) if per_epoch else pd.DataFrame(columns=["run_id", "epoch"])
     return runs, epochs
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
 
 
 def varying_keys(runs: pd.DataFrame, exclude=("seed", "run_id", "run_dir")) -> list[str]:
@@ -156,17 +191,24 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def save(runs: pd.DataFrame, epochs: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """runs.{csv,parquet} and epochs.{csv,parquet}; CSV written atomically, parquet beside it."""
+    """runs.{csv,parquet} and epochs.{csv,parquet}: all four are written to temporary files first and then moved in
+    place, so an interrupted collect (Ctrl-C, a kill) leaves the previous tables, not a new runs with old epochs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, df in (("runs", runs), ("epochs", epochs)):
-        written.append(atomic_write_text(out / f"{name}.csv", df.to_csv(index=False)))
-        tmp = out / f".{name}.parquet.tmp"
-        _parquet_safe(df).to_parquet(tmp, index=False)
-        tmp.replace(out / f"{name}.parquet")
-        written.append(out / f"{name}.parquet")
-    return written
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, df in (("runs", runs), ("epochs", epochs)):
+            staged.append((out / f".{name}.csv.tmp", out / f"{name}.csv"))
+            staged[-1][0].write_text(df.to_csv(index=False))
+            staged.append((out / f".{name}.parquet.tmp", out / f"{name}.parquet"))
+            _parquet_safe(df).to_parquet(staged[-1][0], index=False)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        tmp.replace(final)
+    return [final for _, final in staged]
 
 
 def load(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -228,8 +270,9 @@ def collect_study(
     from bnlab.results.grid import StudyGrid
 
     study_dir = Path(runs_root) / study
-    runs, epochs = collect(study_dir)
-    out = Collected(runs, epochs)
+    notes: list[str] = []
+    runs, epochs = collect(study_dir, notes)
+    out = Collected(runs, epochs, notes)
     if runs.empty:
         return out
     if preset != "all" and "preset" in runs:  # preset: null (no scale preset) is --preset none

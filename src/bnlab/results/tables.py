@@ -8,10 +8,62 @@ import pandas as pd
 
 from bnlab.utils.io import atomic_write_text
 
+# config sections whose keys make what a run computes (health.* only watches; logger.* and these train.* keys
+# say where and how a run is watched: bnlab.train.run_dir.NON_IDENTITY_KEYS)
+RUN_SECTIONS = ("data", "sampler", "model", "norm", "optim", "schedule", "loss", "domains", "train", "eval", "finetune")
+TOP_LEVEL_KEYS = ("study", "arm", "preset")
+NOT_COMPUTED = ("train.progress", "train.resume", "train.retry_failed")
+
+
+def _run_keys(df: pd.DataFrame) -> list[str]:
+    """The columns of `df` that are config keys of what a run computes (seed aside: seeds are what a row averages)."""
+    return [
+        c
+        for c in df.columns
+        if (c in TOP_LEVEL_KEYS or c.split(".")[0] in RUN_SECTIONS and "." in c) and c not in NOT_COMPUTED
+    ]
+
+
+def pooled_keys(df: pd.DataFrame, by: list[str]) -> list[str]:
+    """Config keys whose value differs between runs of one `by` group: averaging that group would pool runs that
+    are not seeds of one configuration. A key missing from older runs counts as its neutral default
+    (bnlab.train.run_dir.NEUTRAL_DEFAULTS: such runs computed exactly that)."""
+    from bnlab.results.grid import LEGACY_DEFAULTS
+    from bnlab.train.run_dir import NEUTRAL_DEFAULTS
+
+    if df.empty:
+        return []
+    defaults = {**_flat(NEUTRAL_DEFAULTS), **LEGACY_DEFAULTS}
+    keys = [c for c in _run_keys(df) if c not in by]
+    values = pd.DataFrame({c: df[c].map(lambda v, c=c: _canon(v, defaults.get(c))) for c in keys}, index=df.index)
+    if values.empty:
+        return []
+    spread = values.groupby([df[b].astype(str) for b in by], dropna=False).nunique()
+    return [c for c in keys if (spread[c] > 1).any()]
+
+
+def _canon(value, default) -> str:
+    """A cell as text, missing as `default`, 1.0 as 1 (a column with gaps holds its integers as floats)."""
+    if value is None or (isinstance(value, float) and value != value):
+        value = default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
 
 def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """One row per arm (`by`): `<metric>_mean`, `<metric>_std` (0 for a single seed) and `n` runs."""
+    """One row per arm (`by`): `<metric>_mean`, `<metric>_std` (0 for a single seed) and `n` runs. Runs are never
+    pooled: a config key that differs inside an arm (runs swept with another optim.lr, say) becomes a column of
+    the table too, so each row holds the seeds of one configuration."""
     present = [m for m in metrics if m in df]
+    by = list(by) + pooled_keys(df, list(by))
     grouped = df.groupby(by, dropna=False, sort=True)
     out = grouped[present].agg(["mean", "std"])
     out.columns = [f"{m}_{stat}" for m, stat in out.columns]

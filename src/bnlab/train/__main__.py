@@ -8,9 +8,7 @@ written, 2 bad input (a config key, a missing dataset, a corrupt checkpoint; one
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import sys
 
 import hydra
@@ -19,15 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnlab import CONF_DIR
-from bnlab.config_errors import ConfigError
-from bnlab.data.errors import DatasetNotFoundError
-from bnlab.train.checkpoint import CheckpointError
+from bnlab.entry_errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, USER_ERRORS, error_line
 from bnlab.train.outcome import TERMINATED_EXIT, Terminated
-
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CheckpointError)  # bad input: one line, exit 2
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
-# the file system refused a write (disk full, read-only, no permission, quota): one line naming the file, exit 1
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
 def _single_run_outcome(summary: dict) -> None:
@@ -79,21 +70,13 @@ def swept_keys(hydra_cfg) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def report(e: BaseException) -> int:
-    """One line for an error a user can fix, the exit code; None for anything else (a bug: keep its traceback)."""
-    from hydra.errors import CompactHydraException
-
-    if isinstance(e, USER_ERRORS):
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if isinstance(e, CompactHydraException):  # Hydra's own: a misspelt key, an unknown config group option
-        cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
-        print(re.sub(r"\s*\n\s*", "; ", f"error: {e}{cause}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-        print(f"error: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_FAILED
-    return None
+def report(e: BaseException) -> int | None:
+    """One line for an error a user can fix (bnlab.entry_errors), the exit code; None for a bug (keep its traceback)."""
+    got = error_line(e)
+    if got is None:
+        return None
+    print(got[0], file=sys.stderr)
+    return got[1]
 
 
 def main() -> None:
@@ -106,7 +89,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing (hydra._internal.utils.run_and_report)
     try:
         task()
-    except Exception as e:  # noqa: BLE001 - reported in one line when it is the user's to fix
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported in one line when it is the user's to fix
         code = report(e)
         if code is None:
             import traceback

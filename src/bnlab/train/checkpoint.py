@@ -39,6 +39,35 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def state_mismatch(own: dict, saved: dict) -> str | None:
+    """How a saved state_dict differs from a model's (the first keys missing, unexpected or of another shape), in
+    one line; None when it fits."""
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} saved vs {tuple(own[k].shape)} here"
+        for k in own
+        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for what, found in (("of another shape", shapes), ("missing", missing), ("unexpected", unexpected))
+        if found
+    ]
+    return "; ".join(parts) or None
+
+
+def load_model_state(model, path: Path) -> dict:
+    """Load checkpoint `path` into `model` and return the checkpoint; one that another model wrote (another width,
+    depth, norm or class count) is a CheckpointError naming the file and the first differing key."""
+    state = load_checkpoint(path)
+    problem = state_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise CheckpointError(f"checkpoint {path} was written by another model than this config builds: {problem}")
+    model.load_state_dict(state["model"])
+    return state
+
+
 @dataclass
 class Progress:
     """Where training stands: saved in every checkpoint, restored by `resume`."""
@@ -64,8 +93,10 @@ def resume(cfg, rd: RunDir, job, hooks=(), rank=SINGLE) -> Progress:  # job: tra
         if rank.main:
             print(f"[bnlab] training {rd.root}")
         return Progress()
-    state = load_checkpoint(rd.checkpoint)
-    job.model.load_state_dict(state["model"])
+    try:
+        state = load_model_state(job.model, rd.checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; delete it to train this run from scratch, or set train.resume=false") from None
     job.optimizer.load_state_dict(state["optimizer"])
     job.schedule.load_state_dict(state["schedule"])
     states = _hook_states(state)

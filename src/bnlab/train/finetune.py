@@ -25,7 +25,7 @@ from torch import nn
 
 from bnlab.config_errors import ConfigError
 from bnlab.norm import adaptive_bn, freeze_batchnorm
-from bnlab.train.checkpoint import load_checkpoint
+from bnlab.train.checkpoint import CheckpointError, load_model_state
 from bnlab.utils.io import read_json
 
 NORM_CHOICES = ("keep", "frozen")
@@ -112,7 +112,10 @@ def prepare_finetune(model: nn.Module, cfg, data) -> dict | None:
     if not ft.get("from"):
         return None
     path = resolve_checkpoint(cfg, str(ft["from"]))
-    model.load_state_dict(load_checkpoint(path)["model"])
+    try:
+        load_model_state(model, path)
+    except CheckpointError as e:  # a run of another model: the key that chose it is named
+        raise ConfigError("finetune.from", f"{e}; fine-tune a run of the same model.* and norm") from None
     done = {"from": str(path), "norm": ft.get("norm", "keep"), "recompute_stats": bool(ft.get("recompute_stats"))}
     if done["recompute_stats"]:  # Adaptive BN on the fine-tuning images, in batches of eval.batch_size
         batches = statistics_batches(data.train, int(cfg.eval.get("batch_size") or cfg.train.batch_size))

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bnlab.train.build import Built, build
-from bnlab.train.checkpoint import load_checkpoint
+from bnlab.train.checkpoint import load_model_state
 
 
 def load_run(run_dir: Path, overrides=(), device: str = "cpu") -> tuple:
@@ -27,5 +27,5 @@ def load_run(run_dir: Path, overrides=(), device: str = "cpu") -> tuple:
     cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(list(overrides)))
     torch.manual_seed(int(cfg.seed))  # the run's seed before its builders, as when it trained
     job: Built = build(cfg, device)
-    job.model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    load_model_state(job.model, run_dir / "checkpoint.pt")
     return cfg, job

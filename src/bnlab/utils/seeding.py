@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -24,3 +25,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it (CUDA >= 10.2)
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)  # set both ways: sweep jobs share a process
+
+
+@contextmanager
+def rng_kept():
+    """Leave the process's random generators (torch's CPU one, Python's, NumPy's) as found by what runs inside: a
+    DataLoader that shuffles draws its order's seed from torch's generator each time it is iterated."""
+    states = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
