@@ -34,8 +34,8 @@ help:  ## list targets and the variables they read
 	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
 	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
 	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: one after another (basic), JOBS=$(JOBS)"
-	@echo "                    in parallel (joblib), or as submitit jobs (local processes, SLURM); default joblib at"
-	@echo "                    SCALE=cpu (THREADS=$(THREADS) thread per job), basic at other scales"
+	@echo "                    in parallel with THREADS=$(THREADS) each (joblib), or as submitit jobs (local processes, SLURM);"
+	@echo "                    default joblib at SCALE=cpu, basic at other scales (here: $(LAUNCHER))"
 	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
 	@echo "  COMMIT=1          collect/figures: write the committed results/<study>/<scale>/ (default: runs/<study>/_collected/)"
 	@echo "  ALL=1             collect: also runs outside the study's sweep grid, as separate variants"
@@ -112,10 +112,9 @@ plan: check-sweep-vars install need-exp  ## a sweep's jobs, run directories and 
 	$(BIN)/bnlab plan experiment=$(EXP) scale=$(SCALE) $(retry_$(RETRY_FAILED)) $(ARGS)
 
 # the offline Fashion-MNIST is installed only for sweeps that read it (the CPU presets, not SCALE=gpu's CIFAR)
-# (a bad EXP, SCALE or ARGS stops here with bnlab plan's one-line error, exit 2)
 sweep-data: install
-	@dataset=$$($(BIN)/bnlab plan --datasets experiment=$(EXP) scale=$(SCALE) $(ARGS)) || exit 2; \
-	if [ "$$dataset" = fashion_mnist ]; then $(MAKE) --no-print-directory data; fi
+	@if $(BIN)/bnlab plan --datasets experiment=$(EXP) scale=$(SCALE) $(ARGS) | grep -qx fashion_mnist; then \
+		$(MAKE) --no-print-directory data; fi
 
 sweep: check-sweep-vars install need-exp sweep-data  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
