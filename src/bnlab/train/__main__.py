@@ -30,6 +30,13 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
+def say_error(line: str) -> None:
+    """Print a one-line error to stderr, once per run: of the ranks torchrun or SLURM started (each exports RANK,
+    bnlab.train.distributed.launched_rank), only rank 0 speaks; every rank still exits with the code."""
+    if int(os.environ.get("RANK") or 0) == 0:
+        print(line, file=sys.stderr)
+
+
 def _single_run_outcome(summary: dict) -> None:
     """A single run says how it ended: diverged (exit 3) or recorded failed earlier (exit 1)."""
     status, reason = summary.get("status"), summary.get("reason")
@@ -61,11 +68,12 @@ def task(cfg: DictConfig) -> float | None:
             try:
                 summary = run(cfg, raise_on_failure=True, labels=labels)
             except USER_ERRORS as e:
-                print(f"error: {e}", file=sys.stderr)
+                say_error(f"error: {e}")
                 sys.exit(EXIT_BAD_INPUT)
             _single_run_outcome(summary or {})
     except Terminated:  # SIGTERM: W&B flushed, last checkpoint kept; the same command (or a requeue) resumes
-        print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume", flush=True)
+        if int(os.environ.get("RANK") or 0) == 0:  # once for the ranks an engine started
+            print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume", flush=True)
         sys.exit(TERMINATED_EXIT)
     final = (summary or {}).get("final", {})
     return final.get("val_err_running")
@@ -84,7 +92,7 @@ def report(e: BaseException) -> int:
     from hydra.errors import CompactHydraException
 
     if isinstance(e, USER_ERRORS):
-        print(f"error: {e}", file=sys.stderr)
+        say_error(f"error: {e}")
         return EXIT_BAD_INPUT
     if isinstance(e, CompactHydraException):  # Hydra's own: a misspelt key, an unknown config group option
         cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
