@@ -4,6 +4,7 @@ torchrun, submitit) are in test_launch_signals.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -87,6 +88,7 @@ def test_one_visible_gpu_is_shared_as_before(four_gpus, monkeypatch):
 
 # read train.processes for a cost estimate or a data check, not to launch anything (to call launch.processes too)
 OTHER_READERS = {"cost.py", "plan.py", "data/domains.py"}
+READS_PROCESSES = r"""\.train\.processes\b|\.train\.get\(\s*["']processes|\.train\[["']processes"""
 
 
 def test_train_processes_has_one_reader():
@@ -95,11 +97,7 @@ def test_train_processes_has_one_reader():
     assert processes(compose_cfg([*TINY, "train.processes=null"])) == 1
     assert processes(compose_cfg([*TINY, "train.processes=2"])) == 2
     src = Path(bnlab.__file__).parent
-    readers = {
-        str(path.relative_to(src))
-        for path in src.rglob("*.py")
-        if re.search(r"""\.train\.processes\b|\.train\.get\(\s*["']processes|\.train\[["']processes""", path.read_text())
-    }
+    readers = {str(path.relative_to(src)) for path in src.rglob("*.py") if re.search(READS_PROCESSES, path.read_text())}
     assert "train/launch.py" in readers and readers - {"train/launch.py"} <= OTHER_READERS, readers
 
 
@@ -203,3 +201,18 @@ def test_jobs_per_gpu_spread_over_devices_before_sharing(four_gpus, monkeypatch)
     assert [place.device(cfg, "cuda") for place, cfg in jobs] == [f"cuda:{i % 4}" for i in range(8)]
     for place, _ in jobs:
         place.stack.close()
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="needs 2 CUDA devices (one GPU per job of a local sweep): run on a GPU box",
+)
+def test_two_jobs_of_a_gpu_sweep_train_on_two_gpus(tmp_path):
+    """`make sweep SCALE=gpu`'s joblib launcher: two jobs at once, each on its own GPU, recorded in its summary."""
+    args = [*TINY, "device=auto", "train.epochs=2", f"out_dir={tmp_path / 'runs'}", "study=two_gpus"]
+    sweep = ["-m", *args, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    env = {**os.environ, device_claims.LOCK_DIR_ENV: str(tmp_path / "claims"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "bnlab.train", *sweep], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "two_gpus").glob("*/summary.json")]
+    assert sorted(s["device"] for s in summaries) == ["cuda:0", "cuda:1"]

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
+from torch.multiprocessing.spawn import ProcessException
 
 from bnlab.train.device_claims import claimed_devices, visible_to_children
 from bnlab.train.distributed import (
@@ -243,9 +244,9 @@ def _spawn_and_wait(entry, cfg, count: int, rd: RunDir, env: dict[str, str]) -> 
             )
         with SigtermGuard(on_stop=lambda signum: _forward_stop(ranks.processes)) as guard:
             try:
-                while not ranks.join():
+                while not ranks.join(grace_period=RANKS_LEFT_WAIT_S):  # a stopping rank may be writing its epoch
                     pass
-            except mp.ProcessException as e:
+            except ProcessException as e:
                 if guard.stopping() or getattr(e, "exit_code", None) == TERMINATED_EXIT:
                     raise Terminated("a rank was stopped") from e
                 raise
