@@ -73,7 +73,7 @@ def task(cfg: DictConfig) -> float | None:
             _single_run_outcome(summary or {})
     except Terminated:  # SIGTERM: W&B flushed, last checkpoint kept; the same command (or a requeue) resumes
         if int(os.environ.get("RANK") or 0) == 0:  # once for the ranks an engine started
-            print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume", flush=True)
+            print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume")
         sys.exit(TERMINATED_EXIT)
     final = (summary or {}).get("final", {})
     return final.get("val_err_running")

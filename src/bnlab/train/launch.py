@@ -48,6 +48,9 @@ from bnlab.train.run_dir import RunDir, run_id
 from bnlab.utils.io import atomic_write_text
 
 RANKS_LEFT_WAIT_S = 120  # a joined rank 0 waits this long at most for the other ranks to exit before unlocking
+# a joined rank's run lock (rank 0) or mark of life (the others): never released by hand, the kernel drops them when
+# the process has exited, so no rank is left alive (even in its interpreter's shutdown) while the run looks free
+_HELD_UNTIL_EXIT: list = []
 
 
 def processes(cfg) -> int:
@@ -112,7 +115,7 @@ def start(cfg, entry: Callable[[object, Place], dict | None]) -> dict | None:
         place = Place("joined", Rank(placement.index, placement.world, placement.local), placement=placement)
     else:
         place = Place("spawn" if processes(cfg) > 1 else "here", entry=entry)
-    with place.stack:  # unwound last: a joined rank 0's run lock, this job's device claims
+    with place.stack:  # unwound last: this job's device claims
         return entry(cfg, place)
 
 
@@ -152,13 +155,17 @@ def _ranks_file(rd: RunDir, exclusive: bool, wait_s: float = 0.0) -> int | None:
 
 @contextmanager
 def _joined_group(cfg, place: Place, rd: RunDir) -> Iterator[bool]:
-    """One rank of an engine-started run: join the group; rank 0 locks the run (held in place.stack, so released
-    after this rank has left the group and the others have exited), the others mark themselves alive."""
+    """One rank of an engine-started run: join the group; rank 0 locks the run, the others mark themselves alive,
+    each until its process exits; rank 0 leaves only once the others have exited."""
     join_group(cfg, place.placement)
     rd.root.mkdir(parents=True, exist_ok=True)
-    owned = place.stack.enter_context(rd.locked()) if place.rank.main else True
-    if not place.rank.main and (fd := _ranks_file(rd, exclusive=False, wait_s=5.0)) is not None:
-        place.stack.callback(os.close, fd)  # closed when this process is done: rank 0 then sees it gone
+    owned = True
+    if place.rank.main:
+        lock = rd.locked()
+        owned = lock.__enter__()
+        _HELD_UNTIL_EXIT.append(lock)
+    elif (fd := _ranks_file(rd, exclusive=False, wait_s=5.0)) is not None:
+        _HELD_UNTIL_EXIT.append(fd)  # rank 0 sees it gone once this process has exited
     agreed = False
     try:
         agreed = _all_agree(owned, cfg)
