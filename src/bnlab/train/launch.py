@@ -48,8 +48,8 @@ from bnlab.train.run_dir import RunDir, run_id
 from bnlab.utils.io import atomic_write_text
 
 RANKS_LEFT_WAIT_S = 120  # a joined rank 0 waits this long at most for the other ranks to exit before unlocking
-# a joined rank's run lock (rank 0) or mark of life (the others): never released by hand, the kernel drops them when
-# the process has exited, so no rank is left alive (even in its interpreter's shutdown) while the run looks free
+# a joined rank's mark of life (ranks but 0; rank 0 holds the run lock likewise, RunDir.lock_until_exit): never closed,
+# the kernel drops it when the process has exited, so no rank lives on (even shutting down) while the run looks free
 _HELD_UNTIL_EXIT: list = []
 
 
@@ -159,12 +159,8 @@ def _joined_group(cfg, place: Place, rd: RunDir) -> Iterator[bool]:
     each until its process exits; rank 0 leaves only once the others have exited."""
     join_group(cfg, place.placement)
     rd.root.mkdir(parents=True, exist_ok=True)
-    owned = True
-    if place.rank.main:
-        lock = rd.locked()
-        owned = lock.__enter__()
-        _HELD_UNTIL_EXIT.append(lock)
-    elif (fd := _ranks_file(rd, exclusive=False, wait_s=5.0)) is not None:
+    owned = rd.lock_until_exit() if place.rank.main else True
+    if not place.rank.main and (fd := _ranks_file(rd, exclusive=False, wait_s=5.0)) is not None:
         _HELD_UNTIL_EXIT.append(fd)  # rank 0 sees it gone once this process has exited
     agreed = False
     try:
