@@ -9,18 +9,24 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export WANDB_SILENT ?= true
 
 # sweeps: make sweep EXP=<study> [SCALE=cpu|gpu] [LAUNCHER=basic|joblib|submitit_local|slurm] [JOBS=2] [THREADS=1]
-#         [RETRY_FAILED=1] [ARGS="hydra overrides"]
+#         [JOBS_PER_GPU=1] [RETRY_FAILED=1] [ARGS="hydra overrides"]
 EXP          ?=
 SCALE        ?= cpu
 # CPU sweeps default to 2 runs at once x 1 thread each: 1.23x the aggregate images/s of 1 run x 2 threads on the
-# idle 2-core machine (results/bench/sweep_cpu.csv, `make bench`); other scales stay sequential by default
-LAUNCHER     ?= $(if $(filter cpu,$(SCALE)),joblib,basic)
-JOBS         ?= 2
+# idle 2-core machine (results/bench/sweep_cpu.csv, `make bench`). Other scales run one job per visible GPU at once
+# (JOBS_PER_GPU each): every job claims its own GPU(s), a Sync BN job as many as its ranks (train/device_claims.py)
+LAUNCHER     ?= joblib
+comma        := ,
+VISIBLE_GPUS  = $(if $(CUDA_VISIBLE_DEVICES),$(words $(subst $(comma), ,$(CUDA_VISIBLE_DEVICES))),$(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU'))
+JOBS_PER_GPU ?= 1
+JOBS         ?= $(if $(filter cpu,$(SCALE)),2,$(shell echo $$(( $(or $(filter-out 0,$(VISIBLE_GPUS)),1) * $(JOBS_PER_GPU) ))))
 THREADS      ?= 1
 RETRY_FAILED ?= 0
+export BNLAB_JOBS_PER_GPU := $(JOBS_PER_GPU)
 launcher_basic          :=
 launcher_joblib         := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
-threads_joblib          := OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS)
+# one thread per CPU job; GPU jobs keep torch's default unless THREADS is given
+threads_joblib          := $(if $(filter cpu,$(SCALE))$(filter command line,$(origin THREADS)),OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS))
 launcher_submitit_local := hydra/launcher=submitit_local
 launcher_slurm          := hydra/launcher=slurm
 retry_1 := train.retry_failed=true
@@ -33,9 +39,9 @@ help:  ## list targets and the variables they read
 	@echo "variables (make <target> VAR=value):"
 	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
 	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
-	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: one after another (basic), JOBS=$(JOBS)"
-	@echo "                    in parallel with THREADS=$(THREADS) each (joblib), or as submitit jobs (local processes, SLURM);"
-	@echo "                    default joblib at SCALE=cpu, basic at other scales (here: $(LAUNCHER))"
+	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: JOBS at once (joblib, the default"
+	@echo "                    at every scale; here: $(LAUNCHER)), one after another (basic), or as submitit jobs (SLURM)"
+	@echo "  JOBS=n            joblib: jobs at once (SCALE=cpu: 2; SCALE=gpu: visible GPUs x JOBS_PER_GPU, each job on its own GPU)"
 	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
 	@echo "  COMMIT=1          collect/figures: write the committed results/<study>/<scale>/ (default: runs/<study>/_collected/)"
 	@echo "  ALL=1             collect: also runs outside the study's sweep grid, as separate variants"

@@ -135,7 +135,7 @@ def test_make_commands_dry_run(command):
 
 def test_make_help_names_the_default_launcher():
     assert "(here: joblib)" in make(["help"]).stdout
-    assert "(here: basic)" in make(["help", "SCALE=gpu"]).stdout
+    assert "(here: joblib)" in make(["help", "SCALE=gpu"]).stdout  # every scale: a GPU box runs a job per GPU
 
 
 # --- bnlab: every command line parses with the CLI's own parser

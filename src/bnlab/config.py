@@ -143,6 +143,7 @@ def validate(cfg: DictConfig) -> None:
     from bnlab.train.evaluate import EVAL_MODES
     from bnlab.train.fast import check_fast_settings, fast_settings
     from bnlab.train.finetune import validate_finetune
+    from bnlab.train.launch import processes as process_count
     from bnlab.train.losses import LOSSES
     from bnlab.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -173,7 +174,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "train.epochs")
     _positive_int(cfg, "train.processes", allow_none=True)
     _positive_int(cfg, "train.accumulate", allow_none=True)  # micro-batches per optimizer step
-    processes = int(cfg.train.get("processes") or 1)
+    processes = process_count(cfg)  # the one reader of train.processes
     if cfg.train.batch_size % processes:
         raise ConfigError(
             "train.processes", f"{processes} processes do not split train.batch_size={cfg.train.batch_size}"

@@ -1,26 +1,26 @@
 """One training run: config -> validate -> build -> resume or skip -> fit (train/loop.py) -> finish.
 
 Above the loop, config and diagnostics: it checks the config, picks the hooks `fit` runs (the BN health monitor),
-holds the run lock, and records how the run ended (status, summary.json, error.txt). A multi-process run's parent
-only launches its ranks (train/launch.py), each of which runs `run`.
+holds the run lock, and records how the run ended (status, summary.json, error.txt). Which processes a run has
+(one, ranks bnlab spawns, or ranks torchrun / SLURM started) is train/launch.py's decision: every one of them runs
+`_run_process` once, with its `Place`.
 """
 
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
+from functools import partial
 
 from bnlab.config import validate
 from bnlab.config_errors import ConfigError
 from bnlab.diagnostics.monitor_hook import health_hooks
 from bnlab.train.build import Built, build, resolve_device
 from bnlab.train.checkpoint import Progress, resume
-from bnlab.train.distributed import current_rank, device_for, engine_rank
 from bnlab.train.fast import check_fast_settings
 from bnlab.train.hooks import Hook
-from bnlab.train.launch import join_launched_ranks, launch_ranks
+from bnlab.train.launch import Place, start
 from bnlab.train.loop import fit
-from bnlab.train.outcome import NO_GUARD, Outcome, SigtermGuard, recorded
+from bnlab.train.outcome import Outcome, SigtermGuard, recorded
 from bnlab.train.run_dir import RunDir, run_id
 from bnlab.train.wandb_logger import WandbLogger
 from bnlab.utils.io import atomic_write_text
@@ -77,21 +77,23 @@ def _train(cfg, rd: RunDir, job: Built, rank, device: str, raise_on_failure: boo
         **({"finetune": job.finetuned} if job.finetuned else {}),
         **environment(device),
     }
-    with SigtermGuard() if rank.world == 1 else nullcontext(NO_GUARD) as guard:  # ranks: stopped by the parent
+    with SigtermGuard() as guard:  # every rank: a stop signal ends each after rank 0's epoch files are written
         recorded(
             lambda: fit(cfg, job, rd, progress, logger, hooks, rank, guard),
             lambda out: _finish(rd, summary, progress, hooks, logger, rank, out),
             raise_on_failure,
+            stopping=guard.stopping,
         )
     return summary
 
 
-def _already_done(cfg, rd: RunDir) -> bool:
+def _already_done(cfg, rd: RunDir, say: bool = True) -> bool:
     previous = rd.status()
     if previous == "failed" and (rd.summary() or {}).get("blocked"):  # nothing trained: try again
         return False
     if previous == "completed" or (previous in ("failed", "diverged") and not cfg.train.get("retry_failed")):
-        print(f"[bnlab] {rd.root}: already {previous}, skipping")
+        if say:  # once per run, not once per rank
+            print(f"[bnlab] {rd.root}: already {previous}, skipping")
         return True
     return False
 
@@ -124,27 +126,36 @@ def run(cfg, raise_on_failure: bool = True, labels: dict | None = None) -> dict:
     A SIGTERM stops it with Terminated (train.outcome) after flushing W&B, its last checkpoint kept.
     """
     validate(cfg)
-    if (placement := engine_rank(cfg)) is not None:  # one of the ranks torchrun / SLURM tasks started
-        return join_launched_ranks(cfg, placement, run, raise_on_failure, labels)
-    rd, rank = RunDir.for_config(cfg), current_rank()  # Rank(0, 1) unless a rank spawned for train.processes > 1
-    if _already_done(cfg, rd):
-        return rd.summary()
-    device = device_for(resolve_device(str(cfg.device)), rank)  # a CUDA device without CUDA: ConfigError here
-    check_fast_settings(cfg.train, device)  # fp16 autocast on a CPU, before anything is built
-    seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
+    return start(cfg, partial(_run_process, raise_on_failure=raise_on_failure, labels=labels))
+
+
+def _build_job(cfg, rd: RunDir, device: str, rank) -> Built:
     try:
-        job = build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
+        return build(cfg, device)  # before the lock: a config or data error leaves nothing on disk
     except ConfigError as e:
         source = str((cfg.get("finetune") or {}).get("from") or "")
         if e.key == "finetune.from" and source.startswith("arm:") and rank.main:  # another arm's run: recorded
             _record_blocked(cfg, rd, e)
         raise
-    with rd.locked() if rank.world == 1 else nullcontext(True) as owned:  # spawned ranks: the parent holds it
+
+
+def _run_process(cfg, place: Place, raise_on_failure: bool, labels: dict | None) -> dict | None:
+    """What one process does for the run: skip it if done, check and build before holding anything (an error
+    here writes nothing, on any rank), then hold the run (lock, group) and train it, or spawn its ranks."""
+    rd, rank = RunDir.for_config(cfg), place.rank
+    if _already_done(cfg, rd, rank.main):
+        return rd.summary()
+    device = place.device(cfg, resolve_device(str(cfg.device)))  # a CUDA device without CUDA: ConfigError here
+    check_fast_settings(cfg.train, device)  # fp16 autocast on a CPU, before anything is built
+    seed_everything(int(cfg.seed), bool(cfg.train.get("deterministic", True)))
+    job = _build_job(cfg, rd, device, rank)
+    with place.holding(cfg, rd) as owned:
         if not owned:
-            print(f"[bnlab] {rd.root}: being trained by another process, skipping")
+            if rank.world == 1:
+                print(f"[bnlab] {rd.root}: being trained by another process, skipping")
             return {"run_id": run_id(cfg), "run_dir": str(rd.root), "status": "running elsewhere"}
         if rd.status() == "completed":  # finished by another process while this one was building
             return rd.summary()
-        if int(cfg.train.get("processes", 1)) > 1 and rank.world == 1:  # this process launches the ranks
-            return launch_ranks(cfg, rd, run, raise_on_failure, labels)
+        if place.spawns:
+            return place.spawn_ranks(cfg, rd, raise_on_failure)
         return _train(cfg, rd, job, rank, device, raise_on_failure, labels)

@@ -21,6 +21,13 @@ from bnlab.entry_errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, USER_
 from bnlab.train.outcome import TERMINATED_EXIT, Terminated
 
 
+def say_error(line: str) -> None:
+    """Print a one-line error to stderr, once per run: of the ranks torchrun or SLURM started (each exports RANK,
+    bnlab.train.distributed.launched_rank), only rank 0 speaks; every rank still exits with the code."""
+    if int(os.environ.get("RANK") or 0) == 0:
+        print(line, file=sys.stderr)
+
+
 def _single_run_outcome(summary: dict) -> None:
     """A single run says how it ended: diverged (exit 3) or recorded failed earlier (exit 1)."""
     status, reason = summary.get("status"), summary.get("reason")
@@ -52,11 +59,12 @@ def task(cfg: DictConfig) -> float | None:
             try:
                 summary = run(cfg, raise_on_failure=True, labels=labels)
             except USER_ERRORS as e:
-                print(f"error: {e}", file=sys.stderr)
+                say_error(f"error: {e}")
                 sys.exit(EXIT_BAD_INPUT)
             _single_run_outcome(summary or {})
     except Terminated:  # SIGTERM: W&B flushed, last checkpoint kept; the same command (or a requeue) resumes
-        print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume", flush=True)
+        if int(os.environ.get("RANK") or 0) == 0:  # once for the ranks an engine started
+            print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume")
         sys.exit(TERMINATED_EXIT)
     final = (summary or {}).get("final", {})
     return final.get("val_err_running")
@@ -75,7 +83,7 @@ def report(e: BaseException) -> int | None:
     got = error_line(e)
     if got is None:
         return None
-    print(got[0], file=sys.stderr)
+    say_error(got[0])
     return got[1]
 
 

@@ -1,11 +1,9 @@
 """Several processes inside one run (one sweep job): Sync BN across devices, or across CPU processes with gloo.
 
-`train.processes: N` ranks, started in one of two ways:
-- by bnlab: the run's parent process (which holds the run lock) spawns N ranks on this machine (bnlab.train.launch);
-- by the engine the user already has: `torchrun` (single or multi node) or SLURM tasks (`srun`, submitit with
-  `tasks_per_node`), each task running `python -m bnlab.train` itself. `launched_rank` reads rank, world size and
-  local rank from the environment those set (torch.distributed's env:// variables; submitit's
-  TorchDistributedEnvironment; SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID), and the ranks join one group.
+The parts of a multi-process run: a rank's place (Rank), what another engine says it is (`launched_rank`: torchrun's
+env:// variables, submitit's TorchDistributedEnvironment, SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID), the group
+(`join_group`, `teardown`), the batch slice (ShardedLoader) and DDP. Which processes a run has, and who starts them
+(bnlab spawns, torchrun or SLURM did, or one process) is bnlab.train.launch's decision.
 Every rank draws the same global batch and trains on its slice of it; DDP averages gradients; a norm layer whose
 `nbs` exceeds the per-device batch all-reduces its statistics (bnlab.norm.BatchNorm2d). Every rank evaluates (so
 any collective in a norm layer lines up) and only rank 0 writes files, logs and checkpoints. On CUDA, rank r of a
@@ -15,16 +13,11 @@ node uses cuda:<local rank>; the node's device count is checked before NCCL star
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from omegaconf import OmegaConf
 
 from bnlab.config_errors import ConfigError
 
@@ -60,10 +53,6 @@ def current_rank() -> Rank:
         index = dist.get_rank()
         return Rank(index, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", index)))
     return SINGLE
-
-
-def device_for(device: str, rank: Rank) -> str:
-    return f"cuda:{rank.local}" if device.startswith("cuda") and rank.world > 1 else device
 
 
 @dataclass(frozen=True)
@@ -116,12 +105,12 @@ def launched_rank(processes: int) -> LaunchedRank | None:
         return None
     if placement.world <= 1 and processes <= 1:
         return None
-    if placement.world != processes:
+    if placement.world != processes:  # the same words on every rank: __main__ prints rank 0's only
         raise ConfigError(
             "train.processes",
-            f"is {processes}, but {placement.engine} started this process as rank {placement.index} of "
-            f"{placement.world}: start as many ranks as train.processes (torchrun --nproc_per_node x --nnodes, "
-            "SLURM tasks_per_node x nodes), or none and let bnlab spawn them",
+            f"is {processes}, but {placement.engine} started {placement.world} ranks: start as many ranks as "
+            "train.processes (torchrun --nproc_per_node x --nnodes, SLURM tasks_per_node x nodes), or one process "
+            "and let bnlab spawn them",
         )
     return placement
 
@@ -129,13 +118,6 @@ def launched_rank(processes: int) -> LaunchedRank | None:
 def backend_for(device: str) -> str:
     """NCCL for CUDA ranks (`auto` on a machine with CUDA included), gloo on CPU."""
     return "nccl" if torch.cuda.is_available() and (device.startswith("cuda") or device == "auto") else "gloo"
-
-
-def engine_rank(cfg) -> LaunchedRank | None:
-    """`launched_rank` for a run not yet inside a process group (a spawned rank, or one that joined, is)."""
-    if dist.is_available() and dist.is_initialized():
-        return None
-    return launched_rank(int(cfg.train.get("processes") or 1))
 
 
 def check_device_count(local_world: int, device: str) -> None:
@@ -196,21 +178,6 @@ def wrap_model(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
     return DistributedDataParallel(model)
 
 
-def _rank_main(index: int, entry, cfg_yaml: str, world: int, init_file: str, entry_args: tuple) -> None:
-    cfg = OmegaConf.create(cfg_yaml)
-    backend = backend_for(str(cfg.device))
-    if backend == "nccl":
-        torch.cuda.set_device(index)
-    os.environ["LOCAL_RANK"] = str(index)  # this spawned process only: one machine, rank = local rank
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=index, world_size=world)
-    try:
-        entry(cfg, *entry_args)
-        dist.barrier()  # every rank done before teardown: gloo aborts when a peer vanishes mid-connection
-    finally:
-        teardown()
-
-
 def teardown() -> None:
     """Destroy the process group and drop every reference to it while the interpreter is fully alive: a Gloo
     group still referenced at exit is destroyed during interpreter shutdown, which can SIGABRT the rank."""
@@ -219,39 +186,3 @@ def teardown() -> None:
     release_groups()
     dist.destroy_process_group()
     gc.collect()  # autograd graphs that held a group (a Sync BN all-reduce's ctx) go now, not at exit
-
-
-@contextmanager
-def standard_start_method():
-    """A spawned child re-applies its parent's global start method before it unpickles anything. Inside a joblib
-    (loky) worker, where Hydra's joblib launcher runs each job, that method is 'loky', which the fresh child cannot
-    find; so while ranks start, the global method is 'spawn', and the worker's own is restored afterwards."""
-    method = multiprocessing.get_start_method(allow_none=True)
-    if method is None or method in multiprocessing.get_all_start_methods():
-        yield
-        return
-    multiprocessing.set_start_method("spawn", force=True)
-    try:
-        yield
-    finally:
-        multiprocessing.set_start_method(method, force=True)
-
-
-def spawn_ranks(entry, cfg, processes: int, run_root: Path, *entry_args) -> None:
-    """Run `entry(cfg, *entry_args)` in `processes` ranks and wait; a failing rank stops the others (torch's spawn
-    semantics). The caller hands over the function (pycls's multi_proc_run), so this module imports no trainer."""
-    check_device_count(processes, str(cfg.device))  # in the parent, before any rank starts
-    init_file = (run_root / ".dist_init").resolve()  # absolute: in file://runs/x the "runs" would be a URL host
-    init_file.unlink(missing_ok=True)  # a file store left by a killed attempt would confuse the rendezvous
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        with standard_start_method():
-            mp.start_processes(
-                _rank_main,
-                args=(entry, cfg_yaml, processes, str(init_file), entry_args),
-                nprocs=processes,
-                join=True,
-                start_method="spawn",
-            )
-    finally:
-        init_file.unlink(missing_ok=True)

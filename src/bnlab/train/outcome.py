@@ -7,6 +7,7 @@ is recorded and the checkpoint stays for a resume. As lightning-hydra-template's
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import traceback
@@ -27,30 +28,66 @@ class Terminated(BaseException):
     """SIGTERM arrived (SLURM timeout or preemption, `kill`): like KeyboardInterrupt, the run is left resumable."""
 
 
-class SigtermGuard:
-    """While active (main thread only), SIGTERM raises Terminated in the training loop, except inside `deferred()`
-    blocks (writing metrics.csv, W&B and the checkpoint of an epoch), where it waits for the block to end."""
+def stop_signals() -> list[signal.Signals]:
+    """SIGTERM (SLURM, torchrun, `kill`), and inside a submitit job the signal submitit preempts and times out with
+    (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise), whose handler checkpoints and requeues the job."""
+    out = [signal.SIGTERM]
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+        if usr is not None and usr != signal.SIGTERM and callable(signal.getsignal(usr)):
+            out.append(usr)
+    return out
 
-    def __init__(self):
+
+def _raise_terminated(signum: int) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+class SigtermGuard:
+    """While active (main thread only), a stop signal (`stop_signals`) calls `on_stop` once: by default it raises
+    Terminated in the training loop, except inside `deferred()` blocks (writing metrics.csv, W&B and the checkpoint
+    of an epoch), where it waits for the block to end. Every rank of a run has one: all stop, none is orphaned.
+
+    The handler found on entry is not replaced for good: on exit, once the run has stopped and its files are
+    written, it gets the signal (submitit's: checkpoint the job and requeue it; its SIGTERM handler logs)."""
+
+    def __init__(self, on_stop: Callable[[int], None] = _raise_terminated):
+        self.on_stop = on_stop
         self.pending = False
+        self.signum: int | None = None  # the first stop signal received
+        self._stopped = False
         self._depth = 0
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in stop_signals()}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        previous, self._previous = self._previous, {}
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        handler = previous.get(self.signum)
+        if callable(handler):  # a framework's own handler (submitit requeues): its turn, now the run has stopped
+            handler(self.signum, None)
         return False
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
         self.pending = True
         if not self._depth:
-            raise Terminated("SIGTERM")
+            self._stop()
+
+    def _stop(self) -> None:
+        if not self._stopped:  # once: a second signal (a group-wide kill after a forwarded one) changes nothing
+            self._stopped = True
+            self.on_stop(self.signum)
+
+    def stopping(self) -> bool:
+        """A stop signal arrived: a failure now (a peer rank that left first breaks a collective) is no failure."""
+        return self.pending
 
     @contextmanager
     def deferred(self):
@@ -60,7 +97,7 @@ class SigtermGuard:
         finally:
             self._depth -= 1
         if self.pending and not self._depth:
-            raise Terminated("SIGTERM")
+            self._stop()
 
 
 NO_GUARD = SigtermGuard()  # never entered: deferred() blocks are plain blocks
@@ -74,8 +111,14 @@ class Outcome:
     traceback: str | None = None
 
 
-def recorded(body: Callable[[], object], finish: Callable[[Outcome], None], raise_on_failure: bool) -> Outcome:
-    """Call `body()`, then `finish(outcome)` however it ended (also while a failure propagates)."""
+def recorded(
+    body: Callable[[], object],
+    finish: Callable[[Outcome], None],
+    raise_on_failure: bool,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Outcome:
+    """Call `body()`, then `finish(outcome)` however it ended (also while a failure propagates). An error raised
+    once `stopping()` (a stop signal arrived) is an interruption, not a failure: Terminated, nothing recorded."""
     out = Outcome()
     try:
         body()
@@ -83,6 +126,8 @@ def recorded(body: Callable[[], object], finish: Callable[[Outcome], None], rais
     except Diverged as e:
         out.status, out.reason = "diverged", str(e)
     except Exception as e:
+        if stopping():
+            raise Terminated(f"stopped ({type(e).__name__} while stopping: {e})") from e
         out.status, out.reason, out.error = "failed", f"{type(e).__name__}: {e}", e
         out.traceback = traceback.format_exc()
         if raise_on_failure:

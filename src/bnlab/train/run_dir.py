@@ -89,23 +89,33 @@ class RunDir:
         flock is released by the kernel when its holder dies (SIGKILL included), so a killed run never leaves a
         stale lock, and two sweeps of the same study never train the same run twice.
         """
+        fd = self._lock_fd()
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing releases the flock
+
+    def lock_until_exit(self) -> bool:
+        """Take the lock for the rest of this process's life (a rank 0 that must outlive its other ranks): the
+        kernel releases it when the process is gone, not Python's shutdown before that. False if another holds it."""
+        return self._lock_fd() is not None
+
+    def _lock_fd(self) -> int | None:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            for attempt in range(LOCK_ATTEMPTS):  # a status probe (is_locked) holds it for microseconds
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if attempt == LOCK_ATTEMPTS - 1:
-                        yield False
-                        return
-                    time.sleep(0.1)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield True
-        finally:
-            os.close(fd)  # closing releases the flock
+        for attempt in range(LOCK_ATTEMPTS):  # a status probe (is_locked) holds it for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    os.close(fd)
+                    return None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
 
     def is_locked(self) -> bool:
         """True while a live process holds <run_dir>/.lock (the run is training now); never creates anything."""
