@@ -81,9 +81,14 @@ def cmd_figures(args) -> None:
         raise UsageError(f"no collected results in {out} (no runs.csv): run `bnlab collect {args.study}` first")
 
     out = _results_dir(args)
-    for path in analyze(args.study, out, args.preset):
+    written = analyze(args.study, out, args.preset)
+    for path in written:
         print(path)
     print(f"[bnlab] tables and figures -> {_where(out, args)}")
+    if args.wandb:  # one W&B run per study, its files kept beside the study's runs (not in committed results)
+        from bnlab.results.wandb_figures import log_figures
+
+        print(f"[bnlab] {log_figures(args.study, args.preset, written, Path(args.runs) / args.study / '_figures')}")
 
 
 def cmd_status(args) -> None:
@@ -267,6 +272,9 @@ def _add_study_commands(sub) -> None:
                 action="store_true",
                 help=f"write the committed results {REPO_ROOT / 'results'}/<study>/<preset> (`bnlab report`'s)",
             )
+        if name == "figures":
+            s.add_argument("--wandb", action="store_true", help="also log them to W&B: one run in the study's group "
+                           "(offline unless WANDB_MODE=online), files under <runs>/<study>/_figures/")  # fmt: skip
         if name == "collect":
             s.add_argument(
                 "--all",
