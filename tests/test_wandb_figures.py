@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 from bnlab import REPO_ROOT
 from bnlab.cli import main
@@ -22,6 +23,11 @@ def test_figures_and_tables_reach_an_offline_wandb_run(tmp_path, monkeypatch, ca
     assert "-> W&B run figures-nbs-cpu, group nbs (offline" in said
     (run_file,) = (tmp_path / "runs" / "nbs" / "_figures" / "wandb").glob("offline-run-*/run-*.wandb")
     recs = records(run_file)
+    for _ in range(120):  # wandb's writer process may still be flushing the last records after finish()
+        if any(r.WhichOneof("record_type") == "history" for r in recs):
+            break
+        time.sleep(0.5)
+        recs = records(run_file)
     (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"][:1]
     assert run.run_group == "nbs" and run.job_type == "figures"
     logged: dict[str, dict] = {}  # key -> {field: JSON value} (wandb nests a media value's fields)
