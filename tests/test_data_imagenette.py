@@ -164,8 +164,10 @@ def test_an_imagenet_folder_the_user_has_gives_the_listed_classes(tmp_path):
     extra = ["n09999999"]  # a class of the folder not in the list
     (tmp_path / "list.txt").write_text("# three of them\n" + "\n".join(listed[:3]) + "\n")
     write_imagenette(tmp_path / "imagenet", n_train=4, n_val=2, wnids=sorted(listed[:3]) + extra, top="")
-    cfg = compose_cfg(["data=imagenet100", f"data.root={tmp_path / 'imagenet'}", f"data.classes={tmp_path / 'list.txt'}",
-                       "data.image_size=24", "data.num_workers=0", "data.stats_images=10", "train.batch_size=4"])  # fmt: skip
+    cfg = compose_cfg(
+        ["data=imagenet100", f"data.root={tmp_path / 'imagenet'}", f"data.classes={tmp_path / 'list.txt'}"]
+        + ["data.image_size=24", "data.num_workers=0", "data.stats_images=10", "train.batch_size=4"]
+    )
     data = build_data(cfg)
     assert data.num_classes == 3 and data.info["n_train"] == 12 and data.info["dataset"] == "imagenet_subset"
     for x, y in data.train:
