@@ -37,7 +37,7 @@ help:  ## list targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 	@echo
 	@echo "variables (make <target> VAR=value):"
-	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"
+	@echo "  EXP=<study>       sweep/collect/figures/status/sync: a study of conf/experiment/ ($$(cd conf/experiment && ls *.yaml | sed 's/.yaml//' | tr '\n' ' '))"
 	@echo "  SCALE=cpu|gpu     preset (conf/scale/ + conf/study_scale/<study>_<scale>.yaml); default cpu"
 	@echo "  LAUNCHER=basic|joblib|submitit_local|slurm   how sweep runs its jobs: JOBS at once (joblib, the default"
 	@echo "                    at every scale; here: $(LAUNCHER)), one after another (basic), or as submitit jobs (SLURM)"
@@ -45,6 +45,7 @@ help:  ## list targets and the variables they read
 	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
 	@echo "  COMMIT=1          collect/figures: write the committed results/<study>/<scale>/ (default: runs/<study>/_collected/)"
 	@echo "  ALL=1             collect: also runs outside the study's sweep grid, as separate variants"
+	@echo "  WANDB=1           figures: also log the figures and tables to W&B (one run in the study's group; offline unless WANDB_MODE=online)"
 	@echo "  ARGS=\"...\"        extra Hydra overrides (train, sweep, demo) or pytest arguments (test), e.g."
 	@echo "                    make train ARGS=\"norm=ghost norm.nbs=16\"   make sweep EXP=nbs ARGS=\"seed=0\""
 
@@ -143,7 +144,7 @@ collect: install need-exp  ## the study's grid runs -> runs/<study>/_collected/<
 	$(BIN)/bnlab collect $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(collect_all_$(ALL))
 
 figures: install need-exp  ## collected runs -> the study's tables (md, tex, csv) and figures (png, pdf), same folder
-	$(BIN)/bnlab figures $(EXP) --preset $(SCALE) $(results_where_$(COMMIT))
+	$(BIN)/bnlab figures $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(if $(filter 1,$(WANDB)),--wandb)
 
 status: install need-exp  ## completed / diverged / failed / interrupted runs of a study
 	$(BIN)/bnlab status $(EXP)

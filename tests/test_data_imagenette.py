@@ -15,22 +15,23 @@ from bnlab.data.errors import DatasetNotFoundError
 from bnlab.data.imagenette import transforms
 from bnlab.data.worker_loader import WorkerLoader
 from bnlab.runner import run
-from conftest import compose_cfg
+from conftest import compose_cfg, run_entry_point
 
 WNIDS = ["n01440764", "n02102040", "n03000684"]  # tench, English springer, chain saw
 
 
-def write_imagenette(root, n_train=8, n_val=4):
-    """Class c's images are a noisy solid colour whose brightest channel is c, so labels can be checked."""
+def write_imagenette(root, n_train=8, n_val=4, wnids=WNIDS, top="imagenette2-160"):
+    """Class c's images are a noisy solid colour whose brightest channel is c % 3, so labels can be checked.
+    `top` is the folder under root holding train/ and val/ ("" for an ImageNet folder)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("val", n_val)):
-        for c, wnid in enumerate(WNIDS):
-            folder = root / "imagenette2-160" / split / wnid
+        for c, wnid in enumerate(wnids):
+            folder = root / top / split / wnid
             folder.mkdir(parents=True)
             for i in range(n):
                 h, w = rng.integers(30, 48, size=2)  # shorter side varies, as in the real 160px archive
                 colour = np.full(3, 40)
-                colour[c] = 210
+                colour[c % 3] = 210
                 pixels = np.clip(colour + rng.normal(0, 10, size=(h, w, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", quality=95)
 
@@ -127,3 +128,49 @@ def test_training_loop_runs_on_imagenette(tmp_path):
     summary = run(cfg)
     assert summary["status"] == "completed"
     assert all(math.isfinite(summary["final"][k]) for k in ("train_loss", "val_loss_running", "val_loss_batch"))
+
+
+TRAIN_ARGS = ["data.image_size=24", "data.num_workers=0", "data.stats_images=20", "model=resnet20", "model.width=0.25",
+              "train.batch_size=6", "train.epochs=1", "train.batches_per_epoch=2", "train.progress=false",
+              "device=cpu", "logger=none", "eval.modes=[running]", "health.enabled=false"]  # fmt: skip
+
+
+def test_data_imagenette_from_the_command_line_trains(tmp_path):
+    """As a user runs it: a fresh interpreter, `data=imagenette` on the command line (nothing imported first)."""
+    write_imagenette(tmp_path / "data")
+    done = run_entry_point(["data=imagenette", f"data.root={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}",
+                            *TRAIN_ARGS], tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (summary,) = (tmp_path / "runs").glob("*/*/summary.json")
+    assert '"status": "completed"' in summary.read_text() and '"dataset": "imagenette"' in summary.read_text()
+
+
+def test_missing_imagenette_folder_is_one_line_exit_2(tmp_path):
+    done = run_entry_point(["data=imagenette", f"data.root={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'runs'}",
+                            *TRAIN_ARGS], tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Imagenette") and "nowhere" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and not list((tmp_path / "runs").glob("*/*/summary.json"))
+
+
+def test_an_imagenet_folder_the_user_has_gives_the_listed_classes(tmp_path):
+    """data=imagenet100 on an ImageNet-layout folder (train/<wnid>/, val/<wnid>/) holding more classes than the
+    list: only the listed ones are read, in the list's sorted order."""
+    from bnlab.data.imagenet_subset import class_list
+
+    listed = class_list("imagenet100")
+    assert len(listed) == len(set(listed)) == 100
+    extra = ["n09999999"]  # a class of the folder not in the list
+    (tmp_path / "list.txt").write_text("# three of them\n" + "\n".join(listed[:3]) + "\n")
+    write_imagenette(tmp_path / "imagenet", n_train=4, n_val=2, wnids=sorted(listed[:3]) + extra, top="")
+    cfg = compose_cfg(
+        ["data=imagenet100", f"data.root={tmp_path / 'imagenet'}", f"data.classes={tmp_path / 'list.txt'}"]
+        + ["data.image_size=24", "data.num_workers=0", "data.stats_images=10", "train.batch_size=4"]
+    )
+    data = build_data(cfg)
+    assert data.num_classes == 3 and data.info["n_train"] == 12 and data.info["dataset"] == "imagenet_subset"
+    for x, y in data.train:
+        assert torch.equal(raw(x, data.train).mean(dim=(2, 3)).argmax(1), y)
+    with pytest.raises(DatasetNotFoundError, match="100 classes are not folders under .*first: "):
+        build_data(compose_cfg(["data=imagenet100", f"data.root={tmp_path / 'imagenet'}"]))

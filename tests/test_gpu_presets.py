@@ -13,8 +13,12 @@ import pytest
 from omegaconf import open_dict
 
 from bnlab.runner import run
-from test_data_cifar import write_cifar10
+from test_data_cifar import write_cifar10, write_cifar100
+from test_data_imagenette import write_imagenette
 from test_studies import STUDIES, compose_point, sweep_grid
+
+IMAGENETTE_WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
+                    "n03425413", "n03445777", "n03888605"]  # all 10 classes: the preset's output layer  # fmt: skip
 
 # 2 steps at full size on a loaded 2-core CPU: ten_ways 7 s stays in the fast suite; the rest took 15 s (renorm_small)
 # to 208 s (nbs_sync: batch 1024 over 2 gloo ranks) and run in `make test-slow`
@@ -38,6 +42,17 @@ def gpu_preset_on_cpu(study: str, tmp_path, point: list[str] | None = None):
             write_cifar10(tmp_path / "cifar", per_batch=per_batch, n_test=max(eval_bs, 64))
             cfg.data.root, cfg.data.download, cfg.data.verify_checksums = str(tmp_path / "cifar"), False, False
             cfg.data.train_subset, cfg.data.val_subset = None, eval_bs  # one full eval batch
+        elif cfg.data.name == "cifar100":  # 100 labels: label-pair batches need every label twice and more
+            write_cifar100(tmp_path / "cifar", n_train=max(4 * train_bs, 400), n_test=max(eval_bs, 200))
+            cfg.data.root, cfg.data.download, cfg.data.verify_checksums = str(tmp_path / "cifar"), False, False
+            cfg.data.train_subset, cfg.data.val_subset = None, eval_bs
+        elif cfg.data.name == "imagenette":  # JPEGs of the archive's layout, decoded at the preset's crop size
+            per_class = math.ceil(2 * train_bs / 10) + 2
+            write_imagenette(
+                tmp_path / "inette", n_train=per_class, n_val=math.ceil(eval_bs / 10), wnids=IMAGENETTE_WNIDS
+            )
+            cfg.data.root, cfg.data.num_workers, cfg.data.stats_images = str(tmp_path / "inette"), 0, 20
+            cfg.data.train_subset, cfg.data.val_subset = None, eval_bs
         elif cfg.data.name == "glyphs":  # every class the preset uses (the output layer), 2 + 2 images each
             cfg.data.cache_dir = str(tmp_path / "glyphs")
             cfg.data.train_per_class, cfg.data.test_per_class = 2, 2
@@ -53,6 +68,34 @@ def gpu_preset_on_cpu(study: str, tmp_path, point: list[str] | None = None):
 
 def _params(study: str):
     return study if study in FAST else pytest.param(study, marks=pytest.mark.slow)
+
+
+# the named variants of the GPU presets (README, "GPU presets"): the cheaper or CPU-design version of a study
+VARIANTS = {
+    "nbs_cifar": ("nbs", ["study_scale=nbs_cifar_gpu", "model=resnet20", "data=cifar10", "norm.nbs=2", "seed=0"]),
+    "renorm_small_mlp": (
+        "renorm_small",
+        ["study_scale=renorm_small_mlp_gpu", "model=mlp_deep", "data=glyphs", "norm=batch", "norm.nbs=2", "seed=0"],
+    ),  # fmt: skip
+    "forum_dwsep": (
+        "forum_instability",
+        [
+            "study_scale=forum_instability_dwsep_gpu",
+            "model=dwsep",
+            "data=cifar10",
+            "arm/forum_instability=bn",
+            "seed=0",
+        ],
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_named_gpu_variant_trains_two_steps_on_cpu(variant, tmp_path):
+    study, point = VARIANTS[variant]
+    summary = run(gpu_preset_on_cpu(study, tmp_path, point))
+    assert summary["status"] == "completed" and summary["step"] == 2, summary.get("reason")
 
 
 @pytest.mark.parametrize("study", [_params(s) for s in STUDIES])

@@ -159,9 +159,8 @@ def test_every_group_yaml_names_the_code_that_reads_it():
             group = rel.parts[0]
             if group in REGISTRIES:
                 module, attr = REGISTRIES[group]
-                fn = getattr(importlib.import_module(module), attr)[
-                    compose("train", [f"{group}={path.stem}"])[group].name
-                ]
+                option = "/".join(rel.with_suffix("").parts[1:])  # model/preset/nbs_gpu.yaml -> preset/nbs_gpu
+                fn = getattr(importlib.import_module(module), attr)[compose("train", [f"{group}={option}"])[group].name]
                 same = named == fn or fn.__qualname__.startswith(f"{getattr(named, '__qualname__', '')}.<locals>")
                 if not same:
                     wrong.append(f"{rel}: {header[0]} but {group}.name builds {fn.__qualname__}")

@@ -81,9 +81,14 @@ def cmd_figures(args) -> None:
         raise UsageError(f"no collected results in {out} (no runs.csv): run `bnlab collect {args.study}` first")
 
     out = _results_dir(args)
-    for path in analyze(args.study, out, args.preset):
+    written = analyze(args.study, out, args.preset)
+    for path in written:
         print(path)
     print(f"[bnlab] tables and figures -> {_where(out, args)}")
+    if args.wandb:  # one W&B run per study, its files kept beside the study's runs (not in committed results)
+        from bnlab.results.wandb_figures import log_figures
+
+        print(f"[bnlab] {log_figures(args.study, args.preset, written, Path(args.runs) / args.study / '_figures')}")
 
 
 def cmd_status(args) -> None:
@@ -236,20 +241,28 @@ def cmd_plan(args) -> None:
 
 
 def cmd_fetch(args) -> None:
-    """Download a dataset once, before a sweep (the GPU preset reads it with data.download=false)."""
+    """Download a dataset once, before a sweep (the GPU presets read it with data.download=false): resumable,
+    checksummed, and it says which folder the runs will read (src/bnlab/data/fetch.py)."""
     from omegaconf import OmegaConf
+
+    from bnlab.data.fetch import Archive, archive_of, fetch
 
     if args.dataset in ("cifar10", "cifar100"):
         from bnlab.data.cifar import default_root, load_cifar
-
-        train_x, _, test_x, _, _ = load_cifar(int(args.dataset[5:]), args.root, download=True)
-        print(f"{args.dataset}: {len(train_x)} train / {len(test_x)} test images in {args.root or default_root()}")
-        return
-    from bnlab.data.imagenette import default_root, open_imagenette
-
-    dcfg = OmegaConf.create({"root": args.root, "download": True, "variant": args.variant})
-    sizes = [len(open_imagenette(dcfg, split)) for split in ("train", "val")]
-    print(f"imagenette {args.variant}: {sizes[0]} train / {sizes[1]} val images in {args.root or default_root()}")
+    else:
+        from bnlab.data.imagenette import default_root, open_imagenette
+    root = Path(args.root or default_root()).expanduser()
+    archive = archive_of(args.dataset, args.variant)
+    if args.url:  # a mirror: its own checksum, or none
+        archive = Archive(args.url, args.md5, archive.folder)
+    folder = fetch(archive, root)
+    if args.dataset in ("cifar10", "cifar100"):  # torchvision's per-file md5s too
+        train_x, _, test_x, _, _ = load_cifar(int(args.dataset[5:]), str(root), download=False)
+        sizes = f"{len(train_x)} train / {len(test_x)} test images"
+    else:
+        dcfg = OmegaConf.create({"root": str(root), "download": False, "variant": args.variant})
+        sizes = " / ".join(f"{len(open_imagenette(dcfg, split))} {split}" for split in ("train", "val")) + " images"
+    print(f"{args.dataset}: {sizes} in {folder}; runs read it with data.root={root}")
 
 
 def _add_study_commands(sub) -> None:
@@ -276,6 +289,9 @@ def _add_study_commands(sub) -> None:
                 action="store_true",
                 help=f"write the committed results {REPO_ROOT / 'results'}/<study>/<preset> (`bnlab report`'s)",
             )
+        if name == "figures":
+            s.add_argument("--wandb", action="store_true", help="also log them to W&B: one run in the study's group "
+                           "(offline unless WANDB_MODE=online), files under <runs>/<study>/_figures/")  # fmt: skip
         if name == "collect":
             s.add_argument(
                 "--all",
@@ -349,6 +365,8 @@ def _add_report_and_plan_commands(sub) -> None:
     f.add_argument("dataset", choices=["cifar10", "cifar100", "imagenette"])
     f.add_argument("--root", default=None, help="data.root (default: $BNLAB_CACHE/<name> or ~/.cache/bnlab/<name>)")
     f.add_argument("--variant", default="160px", help="imagenette: 160px | 320px | full (data.variant)")
+    f.add_argument("--url", default=None, help="download from this mirror instead of the official archive")
+    f.add_argument("--md5", default=None, help="with --url: the mirror archive's md5 (default: not checked)")
     f.set_defaults(fn=cmd_fetch)
 
 

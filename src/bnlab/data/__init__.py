@@ -1,8 +1,8 @@
 """`build_data(cfg, device)`: dataset -> split -> imbalance -> normalization constants -> samplers -> loaders.
 
 Small datasets (Fashion-MNIST, CIFAR, synthetic) live on the device as uint8 and go through DeviceLoader;
-Imagenette is decoded by DataLoader workers (WorkerLoader). Both take the same batch samplers and give the
-training loop the same interface.
+Image folders (Imagenette, an ImageNet subset) are decoded by DataLoader workers (WorkerLoader). Both take the same
+batch samplers and give the training loop the same interface.
 """
 
 from __future__ import annotations
@@ -75,10 +75,17 @@ class Streamed:
     keys: dict
 
 
+# named *_folder: a function named `imagenette` here would shadow the module bnlab.data.imagenette
 @DATASETS.register("imagenette")
-def imagenette(root, download: bool, variant: str, image_size: int, num_workers: int, stats_images: int,
-               random_resized_crop: bool, flip: bool) -> Streamed:  # fmt: skip
+def imagenette_folder(root, download: bool, variant: str, image_size: int, num_workers: int, stats_images: int,
+                      random_resized_crop: bool, flip: bool) -> Streamed:  # fmt: skip
     return Streamed(dict(locals()))
+
+
+@DATASETS.register("imagenet_subset")
+def imagenet_subset_folder(root, classes: str, image_size: int, num_workers: int, stats_images: int,
+                           random_resized_crop: bool, flip: bool) -> Streamed:  # fmt: skip
+    return Streamed(dict(locals()))  # the user's own ImageNet folder, the classes of a list (data/imagenet_subset.py)
 
 
 @dataclass
@@ -193,17 +200,20 @@ def _build_in_memory(cfg, device, source) -> DataBundle:
     )
 
 
-def _build_imagenette(cfg, device) -> DataBundle:
+def _build_streamed(cfg, device) -> DataBundle:
+    """An image folder (Imagenette, or an ImageNet subset of the user's folder) decoded by DataLoader workers."""
+    from bnlab.data import imagenet_subset
     from bnlab.data import imagenette as inet
 
     dcfg = cfg.data
+    open_split = imagenet_subset.open_subset if dcfg.name == "imagenet_subset" else inet.open_imagenette
     size, workers = int(dcfg.image_size), int(dcfg.num_workers)
     rrc, flip = bool(dcfg.random_resized_crop), bool(dcfg.flip)
-    train_aug = inet.open_imagenette(dcfg, "train", inet.transforms(size, True, rrc, flip))
-    train_plain = inet.open_imagenette(dcfg, "train", inet.transforms(size, False))
-    test_plain = inet.open_imagenette(dcfg, "val", inet.transforms(size, False))
+    train_aug = open_split(dcfg, "train", inet.transforms(size, True, rrc, flip))
+    train_plain = open_split(dcfg, "train", inet.transforms(size, False))
+    test_plain = open_split(dcfg, "val", inet.transforms(size, False))
     train_y, test_y = inet.labels_of(train_plain), inet.labels_of(test_plain)
-    num_classes = len(train_plain.wnids)
+    num_classes = len(train_plain.classes)
     train_idx, val_idx, val_from_train = split_indices(train_y, test_y, dcfg, num_classes)
     val_set, val_y = (train_plain, train_y) if val_from_train else (test_plain, test_y)
     val_y, train_y = val_y[val_idx], train_y[train_idx]
@@ -217,7 +227,7 @@ def _build_imagenette(cfg, device) -> DataBundle:
     val_batch = None
     if val_batch_sampler is not None:
         val_batch = WorkerLoader(val_ds, val_batch_sampler, mean, std, device=device, num_workers=workers)
-    info = _info("imagenette", train_y, val_y, num_classes, mean, std, norm_stats_images=min(n_stats, len(train_idx)))
+    info = _info(dcfg.name, train_y, val_y, num_classes, mean, std, norm_stats_images=min(n_stats, len(train_idx)))
     return DataBundle(train, val, num_classes, 3, size, info, val_batch=val_batch)
 
 
@@ -263,7 +273,7 @@ def validate_data_config(cfg) -> None:
 def build_data(cfg, device="cpu") -> DataBundle:
     source = DATASETS.build(cfg.data, shared=SHARED_KEYS)
     if isinstance(source, Streamed):
-        return _build_imagenette(cfg, device)
+        return _build_streamed(cfg, device)
     return with_domains(_build_in_memory(cfg, device, source), cfg)  # + target domain when cfg.domains asks
 
 

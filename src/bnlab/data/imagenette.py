@@ -56,7 +56,8 @@ def open_imagenette(dcfg, split: str, transform=None):
 
 def labels_of(dataset) -> torch.Tensor:
     """Labels from the file list torchvision builds (no image is decoded)."""
-    return torch.as_tensor([label for _, label in dataset._samples], dtype=torch.long)
+    samples = dataset._samples if hasattr(dataset, "_samples") else dataset.samples  # Imagenette | ImageFolder
+    return torch.as_tensor([label for _, label in samples], dtype=torch.long)
 
 
 def channel_stats_of(dataset, indices, n_images: int, seed: int, num_workers: int) -> tuple[list[float], list[float]]:

@@ -33,6 +33,8 @@ SUMMARY_KEYS = (
     "aten_cpu_capability",
     "device",
     "device_name",
+    "world_size",  # ranks of the run (Sync BN: 2 for nbs_sync) and each rank's device, in rank order
+    "device_names",
     "torch",
     "cuda",
     "reason",

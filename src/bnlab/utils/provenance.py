@@ -89,5 +89,18 @@ def environment(device: str) -> dict:
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:
         info["device_name"] = platform.processor() or platform.machine()
+    info.update(ranks_and_devices(info["device_name"]))
     info.update(git_info())
     return info
+
+
+def ranks_and_devices(device_name: str) -> dict:
+    """world_size and every rank's device name in rank order ("; "-joined): one all-gather when ranks run (every
+    rank builds its summary, so every rank takes part)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return {"world_size": 1, "device_names": device_name}
+    names = [None] * dist.get_world_size()
+    dist.all_gather_object(names, device_name)
+    return {"world_size": len(names), "device_names": "; ".join(map(str, names))}
