@@ -71,9 +71,9 @@ def host_traffic_per_step(cfg) -> dict[int, list[str]]:
     [
         ["data.crop_padding=2", "data.flip=true"],  # augmentation on the device
         ["norm.nbs=8"],  # Ghost BN
-        ["norm.nbs=8", "train.channels_last=true", "train.autocast=bf16"],
+        ["norm.nbs=8", "train.channels_last=true"],
     ],
-    ids=["augment", "ghost", "ghost-channels-last-bf16"],
+    ids=["augment", "ghost", "ghost-channels-last"],
 )
 def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     per_step = host_traffic_per_step(tiny_cfg("train.batches_per_epoch=5", *overrides))
