@@ -23,7 +23,6 @@ TRAIN, CLI, MAKE = "train", "cli", "make"
 
 # (id, entry point, arguments, extra environment, exit code, fragment of the first error line)
 CASES = [
-    ("autocast-fp16-on-cpu", TRAIN, "train.autocast=fp16", {}, 2, "config key 'train.autocast': fp16"),
     ("channels-last-yes", TRAIN, "train.channels_last=yes", {}, 2, "config key 'train.channels_last'"),
     ("ghost-val-tail", TRAIN, "data.n_test=100 norm.nbs=8 eval.modes=[running,batch]", {}, 2, "last validation batch"),
     ("seed-abc", TRAIN, "seed=abc", {}, 2, "config key 'seed'"),
@@ -204,5 +203,3 @@ def test_device_cuda_without_cuda_is_refused_when_the_run_starts(tiny_cfg):
     validate(tiny_cfg("device=cuda", "train.autocast=fp16"))  # fine on a GPU node
     with pytest.raises(ConfigError, match="'device': 'cuda' requested but CUDA is not available"):
         run(tiny_cfg("device=cuda"))
-    with pytest.raises(ConfigError, match="'train.autocast': fp16 autocast is for CUDA"):
-        run(tiny_cfg("device=auto", "train.autocast=fp16"))

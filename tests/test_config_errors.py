@@ -62,7 +62,7 @@ def test_corrupt_checkpoint_is_reported_by_path(tiny_cfg):
         (["+train.epoch=5"], {}, "train.epoch", "did you mean 'train.epochs'"),
         (["+unknown.key=1"], {}, "unknown", "unknown key"),
         (["train.channels_last=yes"], {}, "train.channels_last", "true or false"),
-        (["train.autocast=fp16", "device=cpu"], {}, "train.autocast", "use bf16 on CPU"),
+        (["eval.ema_frozen_steps=0"], {}, "eval.ema_frozen_steps", "positive integer"),
         (["data=synthetic", "data.n_test=100", "data.val_subset=null", "norm.nbs=8"], {}, "norm.nbs", "validation"),
         ([], {"WANDB_MODE": "bogus"}, "logger.mode", "WANDB_MODE='bogus'"),
         (["logger=wandb", "logger.mode=online"], {"WANDB_MODE": None}, "logger.mode", "W&B API key"),

@@ -99,3 +99,38 @@ def test_a_gpu_preset_trains_two_steps_on_the_gpu(tmp_path):
     cfg.device = "cuda"
     summary = run(cfg)
     assert summary["status"] == "completed" and summary["step"] == 2
+
+
+@needs_cuda
+def test_training_steps_make_no_host_sync_between_logging_points(tiny_cfg):
+    """What tests/test_host_sync.py counts on CPU, as the GPU reports it: every step of an augmented, Ghost BN,
+    channels_last epoch runs under set_sync_debug_mode("error") except the logging point (the last step)."""
+    from bnlab.train.build import build
+    from bnlab.train.fast import prepare_training_model
+    from bnlab.train.loop import train_one_epoch
+
+    cfg = tiny_cfg("device=cuda", "train.batches_per_epoch=6", "data.crop_padding=2", "data.flip=true",
+                   "norm.nbs=8", "train.channels_last=true")  # fmt: skip
+    job = build(cfg, "cuda")
+    net = prepare_training_model(job.model, cfg.train, "cuda")
+
+    class Strict:  # the loader, with a sync an error in every step but the last
+        device = job.data.train.device
+
+        def set_epoch(self, epoch):
+            job.data.train.set_epoch(epoch)
+
+        def __len__(self):
+            return len(job.data.train)
+
+        def __iter__(self):
+            last = len(job.data.train) - 1
+            try:
+                for i, batch in enumerate(job.data.train):  # batch 0's fetch made the epoch's one copy
+                    torch.cuda.set_sync_debug_mode("default" if i == last else "error")  # the last step logs
+                    yield batch
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    # check_every > steps: only the epoch's last step reads its loss
+    train_one_epoch(net, Strict(), job.loss_fn, job.optimizer, job.schedule, 0, False, check_every=100)

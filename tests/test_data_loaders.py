@@ -16,6 +16,7 @@ from bnlab.data.device_loader import DeviceLoader
 from bnlab.data.samplers import IIDBatchSampler
 from bnlab.data.synthetic import make_synthetic
 from bnlab.data.worker_loader import WorkerLoader
+from bnlab.utils.seeding import epoch_seed
 from conftest import compose_cfg
 
 
@@ -40,6 +41,24 @@ def test_augmentation_keeps_shape_and_dtype_and_really_crops_and_flips():
         n_flipped += mirrored and not plain
     assert 10 < n_flipped < 54  # about half are flipped
     assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("crop, flip", [(0, False), (2, True), (3, False), (0, True)])
+def test_epoch_drawn_at_once_gives_the_batches_of_drawing_per_step(crop, flip):
+    """Pins CPU runs bitwise: drawing an epoch's indices and augmentation before its first step (one copy to the
+    device) gives exactly the batches of drawing each step's (the loader before issue 31), short last batch too."""
+    images, labels = uint8_images(n=45)
+    mean, std = channel_stats(images)
+    sampler, augment = IIDBatchSampler(labels, 8, seed=3, drop_last=False), BatchAugment(crop, flip)
+    loader = DeviceLoader(images, labels, sampler, mean, std, augment, seed=5)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(5, epoch))
+        per_step = [(loader.transform(images[torch.as_tensor(i)], gen), labels[torch.as_tensor(i)]) for i in sampler]
+        batches = list(loader)
+        assert len(batches) == len(per_step) == 6
+        for (x, y), (x_ref, y_ref) in zip(batches, per_step):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
 
 
 def test_device_loader_without_augmentation_is_the_normalized_images():

@@ -40,7 +40,7 @@ def nets_of_run(run_dir: Path):
     from bnlab.norm import freeze_batchnorm, precise_bn
     from bnlab.train.trained import load_run
 
-    cfg, job = load_run(run_dir)  # the run's config, data, model (trained weights) and loss
+    cfg, job = load_run(run_dir, device=None)  # config, data, model (trained weights), loss, on the run's device
     data, model, loss_fn = job.data, job.model, job.loss_fn
     data.train.set_epoch(0)
     batches = []

@@ -181,6 +181,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _positive_int(cfg, "train.batches_per_epoch", allow_none=True)
     _positive_int(cfg, "eval.batch_size", allow_none=True)
+    _positive_int(cfg, "eval.ema_frozen_steps", allow_none=True)
     _positive_int(cfg, "data.train_subset", allow_none=True)
     _positive_int(cfg, "data.val_subset", allow_none=True)
     _one_of(cfg.data.get("val_source", "test"), "data.val_source", ("test", "holdout"))

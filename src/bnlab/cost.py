@@ -57,14 +57,17 @@ class Cost:
     flops_per_image: float  # forward, measured
     ops_per_step: int | None  # aten operators in one training step (None: could not be counted on meta)
     precision: str  # fp32 | tf32 | bf16 | fp16: which peak applies
+    replay_batches: int = 0  # training batches forwarded again by evaluations (ema_frozen's EMA re-run)
+    batch: int = 0  # images per replayed batch (per rank's share is not split: evaluation runs on one GPU)
 
     @property
     def flops(self) -> float:
-        return self.flops_per_image * (3 * self.train_images + self.eval_images)
+        return self.flops_per_image * (3 * self.train_images + self.eval_images + self.replay_batches * self.batch)
 
     def gpu_hours(self, gpu: str, utilisation: float = UTILISATION, op_us: float = OP_MICROSECONDS) -> float:
         compute = self.flops / (PEAK_TFLOPS[gpu][self.precision] * 1e12 * utilisation)  # all GPUs' work, seconds
         launch = self.micro_steps * (self.ops_per_step or 0) * op_us * 1e-6 * self.gpus  # every rank launches every op
+        launch += self.replay_batches * (self.ops_per_step or 0) / 3 * op_us * 1e-6  # a forward: ~1/3 of a step's ops
         return max(compute, launch) / 3600
 
 
@@ -133,27 +136,42 @@ def ops_per_training_step(cfg, channels: int, size: int, classes: int, batch: in
 
 
 def eval_images_per_epoch(cfg, n_train: int, n_val: int) -> int:
-    """Images each evaluation forwards: the validation set per mode (precise / adaptive first recompute statistics
-    over their samples), the target domain again, eval.train_images, the health monitor's batches."""
+    """Images each evaluation forwards, every mode of train/evaluate.py's EVAL_MODES: the validation set per mode
+    (precise first recomputes statistics over its training samples, adaptive over the validation set; ema_frozen's
+    re-run is `ema_frozen_replays`), the target domain again, eval.train_images, the health monitor's batches."""
     ev = cfg.eval
     modes = list(ev.get("modes") or [])
     samples = ev.get("precise_samples") or 0
     samples = list(samples) if not isinstance(samples, int) else [samples]
     images = 0
     for m in modes:
-        runs = len(samples) if m in ("precise", "ema_frozen") else 1
+        runs = len(samples) if m in ("precise", "adaptive") else 1  # one evaluation per precise_samples size
         images += runs * n_val
-        if m in ("precise", "ema_frozen"):
+        if m == "precise":
             images += sum(min(s, n_train) for s in samples)
         if m == "adaptive":
-            images += n_val
-    if str((cfg.get("domains") or {}).get("name", "none")) != "none":
-        images *= 2
+            images += sum(min(s, n_val) for s in samples)
+    images *= _domains(cfg)
     images += int(ev.get("train_images") or 0)
     health = cfg.get("health") or {}
     if health.get("enabled"):
         images += (int(health.get("batches", 0)) + int(health.get("val_batches", 0))) * int(cfg.train.batch_size)
     return images
+
+
+def _domains(cfg) -> int:
+    """Evaluations per mode: the source validation set, and the shifted target domain's when there is one."""
+    return 1 if str((cfg.get("domains") or {}).get("name", "none")) == "none" else 2
+
+
+def ema_frozen_replays(cfg, micro_per_epoch: int) -> int:
+    """Training batches the ema_frozen evaluations forward in a whole run: after epoch e, every micro-batch trained
+    so far (e x micro_per_epoch), at most eval.ema_frozen_steps: quadratic in the epochs unless capped."""
+    if "ema_frozen" not in list(cfg.eval.get("modes") or []):
+        return 0
+    cap = cfg.eval.get("ema_frozen_steps")
+    per_epoch = [e * micro_per_epoch for e in range(1, int(cfg.train.epochs) + 1)]
+    return _domains(cfg) * sum(min(n, int(cap)) if cap else n for n in per_epoch)
 
 
 _MEASURED: dict[str, tuple[float, int | None]] = {}  # the model's measurements, shared by jobs that differ in seed/lr
@@ -193,4 +211,6 @@ def job_cost(cfg) -> Cost:
         flops_per_image=flops,
         ops_per_step=ops,
         precision=precision,
+        replay_batches=ema_frozen_replays(cfg, micro),
+        batch=batch,
     )

@@ -61,11 +61,8 @@ class DomainLoader(DeviceLoader):
         for x, y, idx in self._batches():
             yield x, y, self.domain_ids[idx]
 
-    def _batches(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        for indices in self.batch_sampler:
-            idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            yield self.transform(self.images[idx], gen), self.labels[idx], idx
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
 
 def validate_domains(cfg) -> None:

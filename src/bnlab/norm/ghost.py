@@ -242,10 +242,75 @@ class GhostBatchNormFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
+def _reduce_dims(view: Tensor) -> tuple[int, ...]:
+    """The dims of a `group_view` that one group's statistics reduce over (all but group and channel)."""
+    return (1,) if view.dim() == 3 else (0, 2)
+
+
+class GroupedGhostBatchNormFn(torch.autograd.Function):
+    """Ghost BN of a channels_last batch in a fixed number of operators: statistics of every group at once over
+    `group_view`, normalization as one broadcast pass, BN's closed-form backward over the same view. Returns
+    (out, mean (G, C), biased var (G, C)); statistics in float32 under autocast, as PyTorch's BN kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, groups, layout):
+        sd = _stat_dtype(x, weight)
+        view, shape = group_view(x, groups, layout)
+        dims = _reduce_dims(view)
+        var, mean = torch.var_mean(view.to(sd), dim=dims, correction=0, keepdim=True)
+        invstd = (var + eps).rsqrt()
+        scale = invstd if weight is None else invstd * weight.view(shape[-1])
+        shift = -mean * scale if bias is None else bias.view(shape[-1]) - mean * scale
+        out = torch.empty_like(x)  # same memory format (channels_last) as the input
+        out_view, _ = group_view(out, groups, layout)
+        torch.addcmul(shift, view.to(sd), scale, out=out_view)  # written straight into the output's layout
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.groups, ctx.layout = groups, layout
+        return out, mean.reshape(groups, -1), var.reshape(groups, -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, weight, mean, invstd = ctx.saved_tensors
+        groups, layout = ctx.groups, ctx.layout
+        view, shape = group_view(x, groups, layout)
+        gy, _ = group_view(grad_out.contiguous(memory_format=torch.channels_last), groups, layout)
+        dims = _reduce_dims(view)
+        count = view.numel() // mean.numel()
+        xhat = (view.to(mean.dtype) - mean) * invstd
+        gy = gy.to(mean.dtype)
+        sum_gy = gy.sum(dims, keepdim=True)
+        sum_gy_xhat = (gy * xhat).sum(dims, keepdim=True)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # dx = w / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)), per group
+            w = invstd if weight is None else invstd * weight.view(shape[-1])
+            gx = (gy - sum_gy / count - xhat * (sum_gy_xhat / count)) * w
+            grad_x = torch.empty_like(x)
+            group_view(grad_x, groups, layout)[0].copy_(gx)
+        c = x.shape[1]
+        grad_w = sum_gy_xhat.reshape(-1, c).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = sum_gy.reshape(-1, c).sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _grouped_ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, groups, layout) -> Tensor:
+    """Ghost BN of a channels_last batch (`GroupedGhostBatchNormFn`), running buffers moved toward the average
+    over groups of each group's mean and unbiased variance, as the other paths."""
+    y, mean, var = GroupedGhostBatchNormFn.apply(x, weight, bias, eps, groups, layout)
+    if running_mean is not None and factor:
+        n = x.numel() // (groups * x.shape[1])
+        with torch.no_grad():
+            running_mean.lerp_(mean.mean(0).to(running_mean.dtype), factor)
+            running_var.lerp_((var * (n / max(n - 1, 1))).mean(0).to(running_var.dtype), factor)
+    return y
+
+
 def ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, groups: int, layout: str) -> Tensor:
     """Ghost BN over `groups` groups of `x` in `layout`; moves the running buffers (if given) toward the
     average over groups of each group's mean and unbiased variance."""
     c, factor = x.shape[1], 0.0 if factor is None else factor
+    if groups > 1 and is_channels_last(x) and not x.is_contiguous():  # no loop, no transposed copy
+        return _grouped_ghost_batch_norm(x, weight, bias, running_mean, running_var, factor, eps, groups, layout)
     rms = running_mean.repeat(groups) if running_mean is not None else None
     rvs = running_var.repeat(groups) if running_var is not None else None
     if use_channels_trick(x, layout, groups):

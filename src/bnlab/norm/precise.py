@@ -86,7 +86,7 @@ def adaptive_bn(model: nn.Module, target_batches: Iterable, num_samples: int = 8
 
 
 @torch.no_grad()
-def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None) -> int:
+def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None, max_steps: int | None = None) -> int:
     """Re-run the training EMA on the frozen model: the "moving model" taken out of the EMA.
 
     Every BN layer's running statistics are reset to their initial values (mean 0, var 1, no batches tracked),
@@ -95,11 +95,15 @@ def frozen_ema(model: nn.Module, batches: Iterable, steps: int | None = None) ->
     the result keeps the EMA's initial-value weight (1 - momentum)^steps and its batch-to-batch noise, but not
     the staleness of averaging statistics of older models (Wu, "Devils in BatchNorm": the EMA is biased, short,
     and "computed on a moving model"). Parameters are untouched and train/eval modes restored; the running
-    statistics and step counters are left as the re-run ends. Returns the number of forward passes.
+    statistics and step counters are left as the re-run ends. `max_steps` caps the re-run (its cost, linear in
+    the schedule instead of growing with it: the initial value then weighs (1 - momentum)^max_steps, below
+    float32's 2^-24 for max_steps >= 17 / momentum). Returns the number of forward passes.
     """
     layers = batchnorm_layers(model)
     if steps is None:
         steps = max((int(m.num_batches_tracked) for m in layers), default=0)
+    if max_steps is not None:
+        steps = min(steps, int(max_steps))
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
     modes = {m: m.training for m in model.modules()}
     for m in layers:

@@ -17,6 +17,7 @@ from bnlab.models import build_model
 from bnlab.norm import attach_norm_inputs, build_norm
 from bnlab.norm.validate import check_val_size
 from bnlab.train.accumulate import optimizer_steps
+from bnlab.train.fast import grad_scaler
 from bnlab.train.finetune import prepare_finetune
 from bnlab.train.losses import build_loss
 from bnlab.train.optim import Schedule, build_optimizer
@@ -30,6 +31,7 @@ class Built:
     schedule: Schedule
     loss_fn: Callable
     finetuned: dict | None = None  # where a fine-tuning run started from (train/finetune.py)
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast's loss scale: checkpointed, so a resume is exact
 
 
 def resolve_device(name: str) -> str:
@@ -49,4 +51,5 @@ def build(cfg, device: str = "cpu") -> Built:
     optimizer = build_optimizer(cfg.optim, model)
     steps = optimizer_steps(len(data.train), int(cfg.train.get("accumulate", 1)))  # train.accumulate micro-batches
     schedule = Schedule(cfg.schedule, optimizer, steps, int(cfg.train.epochs))
-    return Built(data, model, optimizer, schedule, build_loss(cfg.loss, data.num_classes), finetuned)
+    loss_fn = build_loss(cfg.loss, data.num_classes)
+    return Built(data, model, optimizer, schedule, loss_fn, finetuned, grad_scaler(cfg.train, device))

@@ -1,7 +1,8 @@
 """Checkpoints: written atomically each epoch; a corrupt one is reported by path before training resumes.
 
 `Progress` is where a run stands (epochs, steps, history, wall time); `save` writes it with the model, optimizer,
-schedule and each hook's state (train/hooks.py), and `resume` restores all of them, so a killed run continues exactly.
+schedule, fp16's GradScaler and each hook's state (train/hooks.py), and `resume` restores all of them, so a
+killed run continues exactly.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def resume(cfg, rd: RunDir, job, hooks=(), rank=SINGLE) -> Progress:  # job: tra
         raise CheckpointError(f"{e}; delete it to train this run from scratch, or set train.resume=false") from None
     job.optimizer.load_state_dict(state["optimizer"])
     job.schedule.load_state_dict(state["schedule"])
+    if getattr(job, "scaler", None) is not None and state.get("scaler"):  # fp16: the loss scale and its growth count
+        job.scaler.load_state_dict(state["scaler"])
     states = _hook_states(state)
     for hook in hooks:
         hook.load_state_dict(states.get(hook.name, {}))
@@ -117,4 +120,5 @@ def save(rd: RunDir, job, progress: Progress, hooks=()) -> None:
         history=progress.history,
         wall_time=progress.wall_time(),
         hooks={hook.name: hook.state_dict() for hook in hooks},
+        scaler=job.scaler.state_dict() if getattr(job, "scaler", None) is not None else None,
     )

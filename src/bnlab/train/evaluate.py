@@ -52,12 +52,19 @@ def _loop(model, loader, loss_fn) -> dict:
 
 
 def evaluate(
-    model, loader, loss_fn, eval_mode: str = "running", train_loader=None, precise_samples: int | None = None
+    model,
+    loader,
+    loss_fn,
+    eval_mode: str = "running",
+    train_loader=None,
+    precise_samples: int | None = None,
+    ema_frozen_steps: int | None = None,
 ) -> dict:
     """Return {'loss', 'err'} on `loader` with the given statistics mode.
 
     "precise" and "ema_frozen" need `train_loader` (training batches: Precise BN's `precise_samples` samples,
-    or the EMA re-run's batches, cycled); "precise" and "adaptive" need `precise_samples` (eval.precise_samples).
+    or the EMA re-run's batches, cycled); "precise" and "adaptive" need `precise_samples` (eval.precise_samples);
+    `ema_frozen_steps` (eval.ema_frozen_steps) caps the EMA re-run, None replays every step trained so far.
     """
     if eval_mode == "running":
         with mode(model, train=False):
@@ -79,7 +86,7 @@ def evaluate(
         if train_loader is None:
             raise ValueError("eval mode 'ema_frozen' needs the training loader (evaluate(..., train_loader=...))")
         frozen = copy.deepcopy(model)
-        frozen_ema(frozen, train_loader)
+        frozen_ema(frozen, train_loader, max_steps=ema_frozen_steps)
         with mode(frozen, train=False):
             return _loop(frozen, loader, loss_fn)
     raise ValueError(f"unknown eval mode {eval_mode!r} (allowed: {', '.join(EVAL_MODES)})")

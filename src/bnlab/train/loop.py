@@ -19,7 +19,7 @@ from bnlab.train.checkpoint import Progress, save
 from bnlab.train.console import format_row
 from bnlab.train.distributed import SINGLE, shard, wrap_model
 from bnlab.train.evaluate import eval_variants, evaluate
-from bnlab.train.fast import grad_scaler, prepare_training_model
+from bnlab.train.fast import prepare_training_model
 from bnlab.train.hooks import Hook
 from bnlab.train.outcome import NO_GUARD, Diverged
 from bnlab.train.run_dir import RunDir
@@ -68,13 +68,14 @@ def train_one_epoch(
 
 def _evaluate_epoch(cfg, job: Built, hooks: list[Hook], row: dict, epoch: int) -> None:
     """Validation in every configured mode, then the hooks (the BN health check), into the epoch's row."""
-    data = job.data
+    data, replay = job.data, cfg.eval.get("ema_frozen_steps")  # replay: ema_frozen's cap (None: every step)
     for eval_mode, suffix, samples in eval_variants(cfg.eval):
         val = data.val_batch if eval_mode == "batch" and data.val_batch is not None else data.val
-        for k, v in evaluate(job.model, val, job.loss_fn, eval_mode, data.train, samples).items():
+        for k, v in evaluate(job.model, val, job.loss_fn, eval_mode, data.train, samples, replay).items():
             row[f"val_{k}_{suffix}"] = v
         if data.target_val is not None:  # the shifted target domain (data/domains.py)
-            for k, v in evaluate(job.model, data.target_val, job.loss_fn, eval_mode, data.train, samples).items():
+            target = evaluate(job.model, data.target_val, job.loss_fn, eval_mode, data.train, samples, replay)
+            for k, v in target.items():
                 row[f"target_{k}_{suffix}"] = v
     if data.train_eval is not None:  # Ioffe 2017 sec. 4.3's train accuracy: eval mode, training images
         for k, v in evaluate(job.model, data.train_eval, job.loss_fn, "running").items():
@@ -104,7 +105,6 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, logger, hooks=(), rank=
     net, batches = wrap_model(job.model, rank), shard(job.data.train, rank)  # identity in one process
     net = prepare_training_model(net, cfg.train, job.data.train.device)  # channels_last / autocast / compile
     step_hook = _batch_hook(hooks, job.model, logger, progress)
-    scaler = grad_scaler(cfg.train, job.data.train.device)  # fp16 autocast only; its scale restarts on a resume
     epochs, show_bar = int(cfg.train.epochs), bool(cfg.train.get("progress", True))
     accumulate = int(cfg.train.get("accumulate", 1))  # micro-batches per optimizer step (train/accumulate.py)
     progress.started = time.time()
@@ -123,7 +123,7 @@ def fit(cfg, job: Built, rd: RunDir, progress: Progress, logger, hooks=(), rank=
                 step_hook=step_hook,
                 rank=rank,
                 accumulate=accumulate,
-                scaler=scaler,
+                scaler=job.scaler,  # fp16 autocast only (train/fast.py), restored by a resume
             )
         )
         progress.step += optimizer_steps(len(job.data.train), accumulate)

@@ -36,6 +36,7 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
     "train.accumulate": 1,  # one micro-batch per optimizer step (train/accumulate.py)
     "domains": {"name": "none"},  # no target domain (data/domains.py)
     "finetune": {"from": None, "norm": "keep", "recompute_stats": False},  # train from scratch (train/finetune.py)
+    "eval.ema_frozen_steps": None,  # ema_frozen replays every step trained so far (train/evaluate.py)
 }
 
 
