@@ -94,7 +94,7 @@ def test_help_lists_every_command_and_how_to_train(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])
     out = capsys.readouterr().out
-    commands = re.search(r"\{([a-z,]+)\}", out).group(1).split(",")
+    commands = re.search(r"\{([a-z,-]+)\}", out).group(1).split(",")
     assert {"collect", "figures", "status", "sync", "health", "report", "plan"} <= set(commands)
     assert "python -m bnlab.train" in out
     with pytest.raises(SystemExit):

@@ -60,5 +60,5 @@ def test_flops_per_image_are_measured_from_the_model():
 def test_plan_of_a_gpu_study_prints_gpus_steps_and_gpu_hours(capsys, tmp_path):
     main(["plan", "nbs_sync", f"out_dir={tmp_path}", "--scale", "gpu"])
     out = capsys.readouterr().out
-    assert "3 jobs: 3 to do" in out and " 2 GPU " in out and "3240 steps" in out  # 90 epochs of 36 (Imagenette)
+    assert "5 jobs: 5 to do" in out and " 2 GPU " in out and "3240 steps" in out  # 90 epochs of 36 (Imagenette)
     assert "GPUs per job: 2" in out and "A100" in out and "H100" in out and "NVIDIA datasheets" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,8 @@ def test_an_arm_that_joins_a_study_is_collected_as_that_study(tmp_path, capsys):
 
     assert joined_study("nbs_sync") == "nbs" and joined_study("nbs") == "nbs"
     assert joined_study("nbs_demo") == "nbs_demo"  # not an experiment: a runs folder of its own
-    with pytest.raises(SystemExit, match="runs/nbs$"):  # looked in runs/nbs, found nothing
+    with pytest.raises(SystemExit) as stop:
         main(["collect", "nbs_sync", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
-    assert "nbs_sync's runs join study nbs" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and re.search(r"runs/nbs\b", out.err)  # looked in runs/nbs, found nothing
+    assert "nbs_sync's runs join study nbs" in out.out
