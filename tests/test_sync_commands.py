@@ -1,6 +1,7 @@
-"""The single-run Sync BN commands of docs/gpu.md (plain, torchrun, srun) run the sweep's job: each documented command line
-composes to the config of `make sweep EXP=nbs_sync`'s job of the same seed (NBS set, 2 ranks), and one run of the
-plain shape at tiny size trains 2 gloo ranks whose summary says so (world size 2, one device name per rank)."""
+"""The single-run Sync BN commands of docs/gpu.md (plain, torchrun, srun) run the sweep's job: each documented
+command line composes to the config of `make sweep EXP=nbs_sync`'s job of the same seed (NBS set, 2 ranks), and
+one run of the plain shape at tiny size trains 2 gloo ranks whose summary says so (world size 2, one device name
+per rank)."""
 
 from __future__ import annotations
 
