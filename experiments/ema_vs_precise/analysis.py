@@ -65,21 +65,26 @@ def _error_vs_momentum(agg: pd.DataFrame, best: str, frozen: list, out) -> list:
             title=f"{int(p['train.epochs'])} epochs, lr {p['optim.lr']}, {mean_of(a['n'])}",
         )
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the curves cross every region
-    say_bands(fig, "bars")
+    say_bands(fig, "bars", n_in="each panel's title")  # the legend names statistics, not groups
     return save_figure(fig, out, "ema_vs_precise_error_vs_momentum")
 
 
 def _error_vs_samples(agg: pd.DataFrame, precise: list, out) -> list:
-    """Precise BN's error against its number of samples, at PyTorch's default momentum."""
+    """Precise BN's error against its number of samples: at PyTorch's default momentum (0.1) where the grid has it,
+    else at each momentum that was run (the tested settings); no figure when no run scored Precise BN."""
+    momenta = [0.1] if (agg[KEYS[0]] == 0.1).any() else sorted(agg[KEYS[0]].unique())
+    rows = agg[agg[KEYS[0]].isin(momenta)]
+    if rows.empty:
+        return []
     fig, axes = new_figure()
     ax = axes[0][0]
     sizes = [int(c.rsplit("_", 1)[1]) for c in precise]
-    for (ep, lr), g in agg.groupby(["train.epochs", "optim.lr"]):
-        g = g[g[KEYS[0]] == 0.1]  # PyTorch's default momentum
-        if len(g):
-            ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=f"{ep} ep, lr {lr}")
+    for (ep, lr, m), g in rows.groupby(["train.epochs", "optim.lr", KEYS[0]]):
+        label = f"{ep} ep, lr {lr}" + (f", momentum {m:g}" if len(momenta) > 1 else "")
+        ax.plot(sizes, [g[f"{c}_mean"].iloc[0] * 100 for c in precise], "o-", label=label)
     ax.set_xscale("log", base=2)
-    title = f"Precise BN vs samples (momentum 0.1), {mean_of(agg['n'])}"
+    which = f"momentum {momenta[0]:g}" if len(momenta) == 1 else "each momentum run"
+    title = f"Precise BN vs samples ({which}), {mean_of(rows['n'])}"
     ax.set(xlabel="Precise BN samples", ylabel="val error (%)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves span the whole height
     return save_figure(fig, out, "ema_vs_precise_samples")

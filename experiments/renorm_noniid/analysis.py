@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnlab.results.figures import mean_curves, new_figure, save_figure, say_bands
+from bnlab.results.figures import mean_curves, mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import arm_order, completed, measured_on
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -182,7 +182,7 @@ def dose_figure(done: pd.DataFrame, probe: pd.DataFrame, out) -> list:
         ax1.set_xscale("log", base=2)
         ax1.set_xticks(list(DOSE.values()), ["i.i.d.", "16 x 2", "8 x 4", "4 x 8"])
         ax1.set(xlabel="training batches (labels x images per label)", ylabel="test accuracy (%)",
-                title="BN: accuracy vs images per label")  # fmt: skip
+                title=f"BN: accuracy vs images per label, {mean_of(agg['n'])}")  # fmt: skip
         ax1.legend()
     agg = aggregate(probe.assign(m=probe["images_per_label"]), ["arm", "m"], ["mate_gain"])
     for arm in ordered_arms(agg["arm"]):
@@ -193,8 +193,9 @@ def dose_figure(done: pd.DataFrame, probe: pd.DataFrame, out) -> list:
     ax2.set_xscale("log", base=2)
     ax2.set_xticks([m for _, m in COMPOSITIONS], [f"{k} x {m}" for k, m in COMPOSITIONS])
     ax2.set(xlabel="probe test batches (labels x images per label)", ylabel="mates present - swapped out (points)",
-            title="mate-swap probe, training mode")  # fmt: skip
+            title=f"mate-swap probe, training mode, {mean_of(agg['n'])}")  # fmt: skip
     ax2.legend(fontsize=6)
+    say_bands(fig, "bars", n_in="each panel's title")  # the legends name metrics and arms, not seed counts
     return save_figure(fig, out, "renorm_noniid_dose_and_probe")
 
 

@@ -43,9 +43,10 @@ def mean_of(counts) -> str:
     return f"mean of {n} seeds"
 
 
-def say_bands(fig, what: str = "bands") -> None:
-    """A line under the figure: what its bars or bands are (a reader of the PNG alone must not have to guess)."""
-    fig.text(0.5, -0.02, f"{what}: {SPREAD}; n in each legend entry = seeds", ha="center", va="top", fontsize=7)
+def say_bands(fig, what: str = "bands", n_in: str = "each legend entry") -> None:
+    """A line under the figure: what its bars or bands are and where n is written (a reader of the PNG alone must
+    not have to guess); `n_in` names where the figure states its number of seeds."""
+    fig.text(0.5, -0.02, f"{what}: {SPREAD}; n in {n_in} = seeds", ha="center", va="top", fontsize=7)
 
 
 def _with_n(label: str, n) -> str:
