@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bnlab.results.figures import new_figure, save_figure
+from bnlab.results.figures import mean_of, new_figure, save_figure, say_bands
 from bnlab.results.runs import completed
 from bnlab.results.tables import aggregate, mean_std_cells, write_table
 
@@ -91,7 +91,9 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     ax.barh([v - h / 2 for v in y], agg["target_err_mean"] * 100, h, xerr=agg["target_err_std"] * 100, label="target")
     ax.scatter(agg["train_err_mean"] * 100, y, marker="|", s=120, color="black", zorder=3, label="train")
     ax.set_yticks(y, [f"{w}  [{a}]" for w, a in zip(agg["way"], agg["arm"])])
-    ax.set(xlabel="error (%)", title="Ten ways to do BatchNorm: source- and target-domain error")
+    title = f"Ten ways to do BatchNorm: source- and target-domain error, {mean_of(agg['n'])}"
+    ax.set(xlabel="error (%)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    say_bands(fig, "bars (source, target)", n_in="the title (every arm)" if agg["n"].nunique() == 1 else "the table")
     written += save_figure(fig, out, "ten_ways_errors")
     return written

@@ -251,7 +251,7 @@ def _rows(table: pd.DataFrame, arm: Arm, metric: str, transform: str) -> pd.Seri
     if "status" in rows:
         rows = rows[rows["status"].astype(str) == "completed"]
     if "variant" in rows:  # runs outside the study's grid (collect --all) are exploratory, never in a declared test
-        rows = rows[rows["variant"].fillna("").astype(str) == ""]
+        rows = rows[rows["variant"].isna() | (rows["variant"].astype(str) == "")]
     for col, want in arm.where.items():
         if col not in rows:
             raise KeyError(f"column {col!r}")
