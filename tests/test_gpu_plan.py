@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 
@@ -62,3 +62,28 @@ def test_plan_of_a_gpu_study_prints_gpus_steps_and_gpu_hours(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "5 jobs: 5 to do" in out and " 2 GPU " in out and "3240 steps" in out  # 90 epochs of 36 (Imagenette)
     assert "GPUs per job: 2" in out and "A100" in out and "H100" in out and "NVIDIA datasheets" in out
+
+
+def test_plan_prices_an_imagenet100_study_from_the_class_list_alone(capsys, tmp_path):
+    """data=imagenet100 reads the user's ImageNet folder: plan prices it without one (126,689 train images: 494 steps
+    of 256 an epoch); another class list at ImageNet's 1300 train / 50 val a class."""
+    main(["plan", "nbs", "data=imagenet100", f"data.root={tmp_path}", "norm.nbs=32", "seed=0", f"out_dir={tmp_path}",
+          "--scale", "gpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1 jobs: 1 to do" in out and f"{90 * (126689 // 256)} steps" in out and "H100" in out
+    cfg = compose_point("nbs", "gpu", ["data=imagenet100", "data.classes=imagenette", "norm.nbs=32", "seed=0"])
+    cost = job_cost(cfg)
+    assert cost.steps == 90 * (10 * 1300 // 256) and cost.train_images == 90 * (10 * 1300 // 256) * 256
+    assert 7.5e9 < cost.flops_per_image < 8.5e9  # ResNet-50 at 224 px: ~4.1G multiply-adds (He et al. 2016)
+
+
+def test_a_study_without_scale_is_its_cpu_preset(capsys, tmp_path):
+    """`bnlab plan nbs` (and `python -m bnlab.train experiment=nbs`) without scale=: the CPU preset, as make sweep's
+    SCALE=cpu; before, every study whose model depends on the scale failed on `model/preset/nbs_None`."""
+    main(["plan", "nbs", f"out_dir={tmp_path}"])
+    default = capsys.readouterr().out
+    main(["plan", "nbs", f"out_dir={tmp_path}", "--scale", "cpu"])
+    assert default == capsys.readouterr().out and " to do" in default
+    cfg = compose_point("forum_instability", "cpu", [])
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        assert compose("train", overrides=["experiment=forum_instability"]) == cfg

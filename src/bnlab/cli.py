@@ -354,7 +354,7 @@ def _add_report_and_plan_commands(sub) -> None:
         "E.g. `bnlab plan nbs --scale gpu`, `bnlab plan experiment=nbs scale=cpu` (= `make plan EXP=nbs`).",
     )
     pl.add_argument("overrides", nargs="*", help="a study's name and/or the sweep's Hydra overrides, as given to `-m`")
-    pl.add_argument("--scale", default=None, help="cpu | gpu: the preset (= scale=...)")
+    pl.add_argument("--scale", default=None, help="cpu | gpu: the preset (= scale=...; a study without it: cpu)")
     pl.add_argument("--gpu", default=None, help="GPU type whose GPU-hours each job line shows: V100, A100, L40S, H100 "
                     "(default A100 for a GPU preset; totals show every type)")  # fmt: skip
     pl.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOPS a job reaches (0.1)")

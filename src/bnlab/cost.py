@@ -44,6 +44,11 @@ DATASET_SHAPES = {
     "fashion_mnist": (1, 28, 10),
     "imagenette": (3, None, 10),
 }
+# an ImageNet subset of the user's folder (data=imagenet100): ImageNet-100, the list of Tian et al. 2019 (CMC), has
+# 126,689 train / 5,000 val images (its split as CMC's users count it); another class list is priced at ImageNet-1k's
+# most per class, 1300 train and exactly 50 val (Russakovsky et al. 2015, ILSVRC-2012): an upper bound
+IMAGENET100_SIZES = (126689, 5000)
+IMAGENET_PER_CLASS = (1300, 50)
 GLYPH_CLASSES = 808  # every distinct glyph at min_distance 0.04 (conf/data/glyphs.yaml)
 
 
@@ -78,6 +83,9 @@ def _sizes(data) -> tuple[int, int, int, int, int]:
         classes = int(data.get("num_classes") or GLYPH_CLASSES)
         n_train, n_val = classes * int(data.train_per_class), classes * int(data.test_per_class)
         channels, size = 1, int(data.image_size)
+    elif name == "imagenet_subset":
+        n_train, n_val, classes = _imagenet_subset_sizes(str(data.classes))
+        channels, size = 3, int(data.image_size)
     elif name == "synthetic":
         n_train, n_val, classes = int(data.n_train), int(data.n_test), int(data.num_classes)
         channels, size = int(data.channels), int(data.image_size)
@@ -94,6 +102,16 @@ def _sizes(data) -> tuple[int, int, int, int, int]:
     n_train = min(n_train, int(data.get("train_subset") or n_train))
     n_val = min(n_val, int(data.get("val_subset") or n_val))
     return n_train, n_val, channels, size, classes
+
+
+def _imagenet_subset_sizes(classes: str) -> tuple[int, int, int]:
+    """(train, val, classes) of an ImageNet subset from its class list alone (no folder is read)."""
+    from bnlab.data.imagenet_subset import class_list
+
+    n = len(class_list(classes))
+    if classes == "imagenet100":
+        return (*IMAGENET100_SIZES, n)
+    return n * IMAGENET_PER_CLASS[0], n * IMAGENET_PER_CLASS[1], n
 
 
 def _model(cfg, channels: int, classes: int):
