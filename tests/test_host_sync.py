@@ -72,8 +72,10 @@ def host_traffic_per_step(cfg) -> dict[int, list[str]]:
         ["data.crop_padding=2", "data.flip=true"],  # augmentation on the device
         ["norm.nbs=8"],  # Ghost BN
         ["norm.nbs=8", "train.channels_last=true"],
+        ["norm.momentum=null"],  # BN's cumulative average: weight 1/n from the count kept on the host
+        ["norm=separate", "norm.momentum=null", "domains=shifted", "domains.train_on=mixed"],  # ids per sample
     ],
-    ids=["augment", "ghost", "ghost-channels-last"],
+    ids=["augment", "ghost", "ghost-channels-last", "bn-cumulative", "separate-mixed-domains"],
 )
 def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     per_step = host_traffic_per_step(tiny_cfg("train.batches_per_epoch=5", *overrides))
@@ -81,3 +83,15 @@ def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     between = {step: calls for step, calls in per_step.items() if 0 <= step < last}
     assert between == {}, f"host reads / copies inside the step: {between}"
     assert per_step.get(last), "the counter saw the logging point's reads (it counts what it should)"
+
+
+# fp16 autocast on a small MLP (fp16 convolutions are slow on CPU), as tests/test_fp16_resume.py
+FP16 = ["data=synthetic", "data.n_train=256", "data.n_test=64", "data.image_size=8", "model=mlp_deep",
+        "model.depth=2", "model.width=16", "train.batch_size=32", "train.autocast=fp16"]  # fmt: skip
+
+
+def test_fp16_reads_only_the_grad_scalers_overflow_flag(tiny_cfg):
+    """The one host read left in an fp16 step, and why it stays (train/accumulate.py): GradScaler.step reads whether
+    any gradient overflowed to decide whether to step. Nothing else reads or copies."""
+    per_step = host_traffic_per_step(tiny_cfg(*FP16, "train.batches_per_epoch=5"))
+    assert all(per_step.get(step) == ["item"] for step in range(4)), per_step
