@@ -84,16 +84,3 @@ def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     assert between == {}, f"host reads / copies inside the step: {between}"
     assert per_step.get(last), "the counter saw the logging point's reads (it counts what it should)"
 
-
-# fp16 autocast on a small MLP (fp16 convolutions are slow on CPU), as tests/test_fp16_resume.py
-FP16 = ["data=synthetic", "data.n_train=256", "data.n_test=64", "data.image_size=8", "model=mlp_deep",
-        "model.depth=2", "model.width=16", "train.batch_size=32", "train.autocast=fp16"]  # fmt: skip
-
-
-def test_fp16_reads_only_the_grad_scalers_overflow_flag(tiny_cfg):
-    """The one host read left in an fp16 step, and why it stays (train/accumulate.py): GradScaler.step reads whether
-    any gradient overflowed to decide whether to step. Nothing else reads or copies."""
-    per_step = host_traffic_per_step(tiny_cfg(*FP16, "train.batches_per_epoch=5"))
-    # GradScaler.update also moves the flag `.to` the scale's device: the same device, so no copy
-    reads = {step: [call for call in per_step.get(step, []) if call != "to"] for step in range(4)}
-    assert all(calls == ["item"] for calls in reads.values()), per_step
