@@ -103,7 +103,7 @@ format: install
 bench-norm: install  ## time every norm variant against nn.BatchNorm2d -> results/bench/
 	$(BIN)/python scripts/bench_norm.py $(ARGS)
 
-bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies, stacked runs) -> results/bench/
+bench: install data  ## every performance table (norms, training img/s, overheads, sweeps, studies, stacked runs, a preset's step with each speed setting + the plan's constants) -> results/bench/
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 need-exp:

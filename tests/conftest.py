@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,22 @@ def run_entry_point(args: list[str], cwd: Path, timeout: int = 300, **kw) -> sub
     )
 
 
-__all__ = ["TINY", "OmegaConf", "compose_cfg", "run_entry_point"]
+def kill_when(args: list[str], cwd: Path, written: Callable[[], list[Path]], timeout: float = 600) -> Path:
+    """Start `python -m bnlab.train args`, SIGKILL it once `written()` lists a file (a run's first epoch file);
+    that file's run directory. The kill lands mid-run: what a resume must finish exactly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab.train", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while not written() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert written(), f"no file written before the kill (exit {proc.returncode})"
+    return written()[0].parent
+
+
+__all__ = ["TINY", "OmegaConf", "compose_cfg", "kill_when", "run_entry_point"]
 
 
 @pytest.fixture(params=["loop", "trick"])

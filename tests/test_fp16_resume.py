@@ -7,18 +7,13 @@ other steps than the uninterrupted run. Runs on CPU (float16 autocast and a CPU 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
 import torch
 
 from bnlab.runner import run
 from bnlab.train.run_dir import RunDir
-from conftest import TINY
+from conftest import TINY, kill_when
 
 # a small MLP: fp16 matrix products are fast enough on CPU, fp16 convolutions are not
 FP16 = ["data=synthetic", "data.n_train=256", "data.n_test=64", "data.image_size=8", "model=mlp_deep",
@@ -39,14 +34,7 @@ def test_killed_fp16_run_resumes_to_the_uninterrupted_result(tiny_cfg, tmp_path)
     reference = run(tiny_cfg(*FP16, "study=reference"))
     assert _scaler(reference)["_growth_tracker"] == 24  # 24 clean steps toward the next doubling: state to keep
     args = [*TINY, *FP16, "study=killed", f"out_dir={tmp_path / 'runs'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL)
-    checkpoints = lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint.pt"))
-    deadline = time.time() + 600
-    while not checkpoints() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = checkpoints()[0].parent
+    run_dir = kill_when(args, tmp_path, lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint.pt")))
     assert not (run_dir / "summary.json").exists()  # killed mid-run
     resumed = run(tiny_cfg(*FP16, "study=killed"))
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 3

@@ -72,8 +72,10 @@ def host_traffic_per_step(cfg) -> dict[int, list[str]]:
         ["data.crop_padding=2", "data.flip=true"],  # augmentation on the device
         ["norm.nbs=8"],  # Ghost BN
         ["norm.nbs=8", "train.channels_last=true"],
+        ["norm.momentum=null"],  # BN's cumulative average: weight 1/n from the count kept on the host
+        ["norm=separate", "norm.momentum=null", "domains=shifted", "domains.train_on=mixed"],  # ids per sample
     ],
-    ids=["augment", "ghost", "ghost-channels-last"],
+    ids=["augment", "ghost", "ghost-channels-last", "bn-cumulative", "separate-mixed-domains"],
 )
 def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     per_step = host_traffic_per_step(tiny_cfg("train.batches_per_epoch=5", *overrides))
@@ -81,3 +83,4 @@ def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     between = {step: calls for step, calls in per_step.items() if 0 <= step < last}
     assert between == {}, f"host reads / copies inside the step: {between}"
     assert per_step.get(last), "the counter saw the logging point's reads (it counts what it should)"
+

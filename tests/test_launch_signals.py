@@ -105,9 +105,16 @@ def _assert_stopped_resumable(rd: RunDir) -> None:
     assert 1 <= len(pd.read_csv(rd.metrics)) < EPOCHS, "the signal should land mid-run"
 
 
-def _same_metrics(rd: RunDir, reference: RunDir) -> None:
+def _same_metrics(rd: RunDir, reference: RunDir, rtol: float | None = None) -> None:
+    """Every epoch's metrics equal the uninterrupted run's: exactly (the default), or within `rtol` where the ranks
+    were started by another launcher (submitit's tasks differ from bnlab's spawned ranks by ~1e-5 in the first
+    epoch, before any signal: float reduction order, not the resume)."""
     timeless = lambda df: df[[c for c in df.columns if "time" not in c]]
-    pd.testing.assert_frame_equal(timeless(pd.read_csv(rd.metrics)), timeless(pd.read_csv(reference.metrics)))
+    a, b = timeless(pd.read_csv(rd.metrics)), timeless(pd.read_csv(reference.metrics))
+    if rtol is None:
+        pd.testing.assert_frame_equal(a, b)
+    else:
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=rtol)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +205,7 @@ def test_submitit_preemption_requeues_and_the_run_resumes(tmp_path, reference):
     assert results[0]["status"] == "completed", results
     logs = "".join(f.read_text() for f in (tmp_path / "submitit_logs").glob("*_log.*"))
     assert "Requeued job" in logs and "resuming" in logs, logs[-3000:]
-    _same_metrics(rd, reference)
+    _same_metrics(rd, reference, rtol=1e-3)
 
 
 def test_sigterm_to_submitit_tasks_stops_every_rank(tmp_path, reference):
@@ -216,4 +223,4 @@ def test_sigterm_to_submitit_tasks_stops_every_rank(tmp_path, reference):
     assert "Bypassing signal SIGTERM" in logs  # submitit's handler was called, not replaced
 
     assert run(compose_cfg([*SYNC_RUN, f"out_dir={tmp_path}"]))["status"] == "completed"
-    _same_metrics(rd, reference)
+    _same_metrics(rd, reference, rtol=1e-3)

@@ -64,6 +64,26 @@ def test_plain_cumulative_momentum_none_matches_pytorch():
     torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
 
 
+def test_cumulative_average_follows_a_count_set_from_outside():
+    """momentum=None keeps its batch count on the host (norm/batch_count.py); a reset, a loaded state dict or a write
+    into the buffer is seen at the next step, as nn.BatchNorm2d sees it."""
+    ours, ref = BatchNorm2d(3, momentum=None).double(), nn.BatchNorm2d(3, momentum=None).double()
+    for step in range(6):
+        x, _ = _data(seed=step)
+        ours(x), ref(x)
+        if step == 1:
+            ours.reset_running_stats(), ref.reset_running_stats()
+        if step == 2:
+            state = {k: v.clone() for k, v in ref.state_dict().items()}
+            state["num_batches_tracked"].fill_(7)
+            ours.load_state_dict(state), ref.load_state_dict(state)
+        if step == 3:
+            ours.num_batches_tracked.fill_(2), ref.num_batches_tracked.fill_(2)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 4
+
+
 def _ghost_groups(b, nbs, layout):
     groups = b // nbs
     if layout == "contiguous":

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
 import torch
 
 from bnlab.runner import run
 from bnlab.train.run_dir import RunDir
-from conftest import TINY
+from conftest import TINY, kill_when
 
 
 def _metrics(summary):
@@ -57,19 +52,7 @@ def test_killed_run_resumes_to_identical_result(tiny_cfg, tmp_path):
     """SIGKILL after the first epoch's checkpoint; rerunning the same command finishes the run exactly."""
     reference = run(tiny_cfg("train.epochs=3", "study=reference"))
     args = [*TINY, "train.epochs=3", "study=killed", f"out_dir={tmp_path / 'runs'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bnlab.train", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics_files = lambda: list((tmp_path / "runs" / "killed").glob("*/metrics.csv"))
-    deadline = time.time() + 240
-    while not metrics_files() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = metrics_files()[0].parent
+    run_dir = kill_when(args, tmp_path, lambda: list((tmp_path / "runs" / "killed").glob("*/metrics.csv")))
     assert not (run_dir / "summary.json").exists()  # killed mid-run: no summary, checkpoint kept
     resumed = run(tiny_cfg("train.epochs=3", "study=killed"))
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 3

@@ -218,6 +218,8 @@ def cmd_plan(args) -> None:
     from hydra.types import RunMode
 
     from bnlab import CONF_DIR
+    from bnlab.bench import OUT
+    from bnlab.cost import measured_constants, present_gpu
     from bnlab.plan import format_plan, plan_jobs
 
     overrides = list(args.overrides)
@@ -231,11 +233,16 @@ def cmd_plan(args) -> None:
         if args.datasets:  # the sweep's dataset (arms keep the study's data): what `make sweep` must install
             print(master.data.name)
             return
-        gpu = args.gpu or ("A100" if str(master.get("device", "")).startswith("cuda") else None)
+        measured = measured_constants(present_gpu(), Path(args.bench) if args.bench else OUT)
+        default_gpu = measured["gpu"] if measured else "A100"  # price this GPU where make bench measured it
+        gpu = args.gpu or (default_gpu if str(master.get("device", "")).startswith("cuda") else None)
         jobs = plan_jobs(master, loader, costs=gpu is not None)
     retry = any(o in ("train.retry_failed=true", "train.retry_failed=True") for o in overrides)
-    assumed = {k: v for k, v in (("utilisation", args.utilisation), ("op_us", args.op_us)) if v is not None}
-    print(format_plan(jobs, retry_failed=retry, gpu=gpu, **assumed))
+    given = {"utilisation": args.utilisation, "op_us": args.op_us}
+    assumed = {k: v if v is not None else (measured or {}).get(k) for k, v in given.items()}
+    assumed = {k: v for k, v in assumed.items() if v is not None}
+    source = f"measured on this {measured['gpu']} by make bench, {measured['path']}" if measured else "assumed"
+    print(format_plan(jobs, retry_failed=retry, gpu=gpu, source=source, **assumed))
     if any(j.error for j in jobs):
         sys.exit(2)
 
@@ -357,9 +364,12 @@ def _add_report_and_plan_commands(sub) -> None:
     pl.add_argument("--scale", default=None, help="cpu | gpu: the preset (= scale=...; a study without it: cpu)")
     pl.add_argument("--gpu", default=None, help="GPU type whose GPU-hours each job line shows: V100, A100, L40S, H100 "
                     "(default A100 for a GPU preset; totals show every type)")  # fmt: skip
-    pl.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOPS a job reaches (0.1)")
+    pl.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOPS a job reaches (0.1, or "
+                    "as measured on this GPU by make bench)")  # fmt: skip
     pl.add_argument("--datasets", action="store_true", help="only print the dataset the sweep reads (make sweep)")
     pl.add_argument("--op-us", type=float, default=None, help="microseconds per aten operator launched (10)")
+    pl.add_argument("--bench", default=None, help="folder of make bench's plan_constants_<GPU>.json, used on that "
+                    "GPU for --utilisation and --op-us (default results/bench)")  # fmt: skip
     pl.set_defaults(fn=cmd_plan)
     f = sub.add_parser("fetch", help="download CIFAR-10/100 or Imagenette once, where data.root will read it")
     f.add_argument("dataset", choices=["cifar10", "cifar100", "imagenette"])

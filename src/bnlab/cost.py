@@ -12,8 +12,10 @@ step (forward + backward on the meta device, at the job's batch) at an assumed c
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -33,6 +35,9 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 # operator costs in eager PyTorch (Python dispatch + kernel launch). `bnlab plan --utilisation/--op-us` change them.
 UTILISATION = 0.1
 OP_MICROSECONDS = 10.0
+# Measured instead where `make bench` ran on this GPU: results/bench/plan_constants_<GPU>.json (fit_constants, from
+# the preset steps it timed); `bnlab plan` then uses that file's two values (measured_constants).
+PEAKS_OF = {"H200": "H100"}  # a GPU priced with another's datasheet peaks (the H200 has the H100's compute)
 
 # images per split, without downloading: CIFAR (Krizhevsky 2009: 50000 train / 10000 test), Fashion-MNIST (Xiao et
 # al. 2017: 60000 / 10000), Imagenette2 (fast.ai's README for imagenette2: 9469 train / 3925 val)
@@ -70,7 +75,8 @@ class Cost:
         return self.flops_per_image * (3 * self.train_images + self.eval_images + self.replay_batches * self.batch)
 
     def gpu_hours(self, gpu: str, utilisation: float = UTILISATION, op_us: float = OP_MICROSECONDS) -> float:
-        compute = self.flops / (PEAK_TFLOPS[gpu][self.precision] * 1e12 * utilisation)  # all GPUs' work, seconds
+        peak = PEAK_TFLOPS[PEAKS_OF.get(gpu, gpu)][self.precision] * 1e12
+        compute = self.flops / (peak * utilisation)  # all GPUs' work, seconds
         launch = self.micro_steps * (self.ops_per_step or 0) * op_us * 1e-6 * self.gpus  # every rank launches every op
         launch += self.replay_batches * (self.ops_per_step or 0) / 3 * op_us * 1e-6  # a forward: ~1/3 of a step's ops
         return max(compute, launch) / 3600
@@ -232,3 +238,46 @@ def job_cost(cfg) -> Cost:
         replay_batches=ema_frozen_replays(cfg, micro),
         batch=batch,
     )
+
+
+def gpu_model(device_name: str) -> str | None:
+    """The GPU model in a CUDA device name ('NVIDIA H100 80GB HBM3' -> 'H100'), None when bnlab has no peaks for it."""
+    name = device_name.upper()
+    return next((model for model in [*PEAKS_OF, *PEAK_TFLOPS] if model in name), None)
+
+
+def present_gpu() -> str | None:
+    """The model of this machine's first CUDA device (None: no CUDA, or a GPU without datasheet peaks here)."""
+    return gpu_model(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+
+
+def fit_constants(steps: list[dict], gpu: str | None) -> dict:
+    """The plan's op_us and utilisation refit from timed training steps (dicts: seconds_per_step, ops_per_step,
+    flops_per_step, precision). The plan says time >= ops x op_us and time >= FLOPs / (peak x utilisation), each an
+    equality where it binds; so the tightest values the steps allow are op_us = min(time / ops) (set by the most
+    launch-bound step) and utilisation = max(FLOPs / (peak x time)) (the most compute-bound). Utilisation is None
+    without a datasheet peak (`gpu` None: a CPU)."""
+    counted = [s for s in steps if s.get("ops_per_step")]
+    op_us = min(s["seconds_per_step"] / s["ops_per_step"] for s in counted) * 1e6 if counted else None
+    utilisation = None
+    if gpu is not None and steps:
+        peaks = PEAK_TFLOPS[PEAKS_OF.get(gpu, gpu)]
+        achieved = [s["flops_per_step"] / s["seconds_per_step"] / (peaks[s["precision"]] * 1e12) for s in steps]
+        utilisation = max(achieved)
+    return {"op_us": op_us, "utilisation": utilisation}
+
+
+def constants_file(folder: Path, device: str) -> Path:
+    return Path(folder) / f"plan_constants_{device}.json"
+
+
+def measured_constants(gpu: str | None, folder: Path) -> dict | None:
+    """The constants `make bench` measured on a `gpu` (its plan_constants file in `folder`), None when there is no
+    such file or it holds no GPU's fit (a CPU's: the plan then keeps its assumed GPU values)."""
+    path = constants_file(folder, gpu) if gpu is not None else None
+    if path is None or not path.exists():
+        return None
+    measured = json.loads(path.read_text())
+    if measured.get("gpu") != gpu or measured.get("utilisation") is None or measured.get("op_us") is None:
+        return None
+    return {**measured, "path": str(path)}

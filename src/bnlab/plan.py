@@ -110,7 +110,9 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def format_plan(jobs: list[Job], retry_failed: bool = False, gpu: str | None = None, **assumed) -> str:
+def format_plan(
+    jobs: list[Job], retry_failed: bool = False, gpu: str | None = None, source="assumed", **assumed
+) -> str:
     from collections import Counter
 
     action = {
@@ -134,12 +136,13 @@ def format_plan(jobs: list[Job], retry_failed: bool = False, gpu: str | None = N
             cost = f" {c.gpus:>2} GPU {c.steps:>7} steps {c.gpu_hours(gpu, **assumed):7.3f} GPU-h"
         lines.append(f"  #{j.num:<3} {j.state:<12} {action[j.state]:<30}{cost} {j.run_dir}  [{j.label}]{dep}")
     if gpu is not None:
-        lines.extend(cost_totals(jobs, **assumed))
+        lines.extend(cost_totals(jobs, source, **assumed))
     return "\n".join(lines)
 
 
-def cost_totals(jobs: list[Job], **assumed) -> list[str]:
-    """The sweep's totals, for all jobs and for those still to train, on every GPU type of bnlab.cost."""
+def cost_totals(jobs: list[Job], source: str = "assumed", **assumed) -> list[str]:
+    """The sweep's totals, for all jobs and for those still to train, on every GPU type of bnlab.cost; `source`
+    says where utilisation and op_us come from (assumed, or measured by make bench on this GPU)."""
     from bnlab.cost import OP_MICROSECONDS, PEAK_TFLOPS, UTILISATION
 
     priced = [j for j in jobs if j.cost is not None]
@@ -151,7 +154,7 @@ def cost_totals(jobs: list[Job], **assumed) -> list[str]:
         f"forward GFLOPs per image: "
         + ", ".join(sorted({f"{j.cost.flops_per_image / 1e9:.3g}" for j in priced}))
         + f"; {sum(j.cost.flops for j in priced) / 1e15:.1f} PFLOP in all",
-        f"GPU-hours (all jobs / still to train), at {util:g} of peak and {op_us:g} us per operator (assumed; "
+        f"GPU-hours (all jobs / still to train), at {util:.3g} of peak and {op_us:.3g} us per operator ({source}; "
         "peaks: NVIDIA datasheets, src/bnlab/cost.py):",
     ]
     for name in PEAK_TFLOPS:

@@ -54,10 +54,10 @@ def write_table(name: str, rows: list[dict], prov: dict, out: Path = OUT) -> Non
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds of each timed function over `rounds`, after one warm-up call each (allocator, kernels).
-    Interleaved, one call of each per round, so load from other jobs on the machine hits every variant alike."""
-    for fn in fns.values():
+def interleaved(fns: dict, rounds: int, warmed: bool = False) -> dict[str, float]:
+    """Median seconds of each timed function over `rounds`, after one warm-up call each (allocator, kernels) unless
+    the caller `warmed` them. Interleaved, one call of each per round, so load from other jobs hits every variant."""
+    for fn in [] if warmed else fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):

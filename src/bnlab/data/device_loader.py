@@ -57,6 +57,7 @@ class DeviceLoader:
             parts.append(torch.cat([idx, self.augment.draw(idx.shape[1], gen)]) if augmenting else idx)
             sizes.append(idx.shape[1])
         host = torch.cat(parts, 1) if parts else torch.empty(1, 0, dtype=torch.long)
+        self.epoch_indices, self.epoch_sizes = host[0], sizes  # the epoch's batches on the host (DomainLoader's)
         if self.device.type == "cuda":  # pinned: the copy runs asynchronously, the host queues steps meanwhile
             return host.pin_memory().to(self.device, non_blocking=True), sizes
         return host.to(self.device), sizes

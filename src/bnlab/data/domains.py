@@ -15,6 +15,8 @@ Domain 0 is the source, domain 1 the target.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from bnlab.config_errors import ConfigError
@@ -40,6 +42,7 @@ class DomainLoader(DeviceLoader):
         super().__init__(images, labels, batch_sampler, [], [], augment, seed, device)
         self.mean, self.std = mean, std  # already shaped tensors on the device (taken from a DeviceLoader)
         self.domain_ids = domain_ids.to(self.device)
+        self.host_domain_ids = domain_ids.cpu()  # each batch's domain counts are made on the host, once an epoch
 
     @classmethod
     def like(cls, loader: DeviceLoader, images, domain_ids, batch_sampler=None) -> DomainLoader:
@@ -58,8 +61,23 @@ class DomainLoader(DeviceLoader):
         )
 
     def __iter__(self):
-        for x, y, idx in self._batches():
-            yield x, y, self.domain_ids[idx]
+        """(x, y, ids); the ids carry their grouping for Separate BN (norm/separate.py), made without a host read:
+        `domain_order` the batch's positions domain by domain (a stable sort on the device), `domain_counts` each
+        domain's samples (counted on the host at the epoch's start)."""
+        batches = self._batches()
+        first = next(batches, None)  # plans the epoch: its sample indices on the host (epoch_indices)
+        if first is None:
+            return
+        for (x, y, idx), counts in zip(itertools.chain([first], batches), self._domain_counts(self.epoch_sizes)):
+            ids = self.domain_ids[idx]
+            ids.domain_order, ids.domain_counts = torch.sort(ids, stable=True).indices, counts
+            yield x, y, ids
+
+    def _domain_counts(self, sizes: list[int]) -> list[tuple[int, ...]]:
+        """Samples of each domain in each batch of the epoch, counted on the host."""
+        ids = self.host_domain_ids[self.epoch_indices]
+        k = int(self.host_domain_ids.max()) + 1 if len(self.host_domain_ids) else 1
+        return [tuple(torch.bincount(part, minlength=k).tolist()) for part in ids.split(sizes)]
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

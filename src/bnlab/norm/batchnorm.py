@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import bnlab.norm.validate as check
 from bnlab.config_errors import ConfigError
+from bnlab.norm.batch_count import batches_tracked, count_batch
 from bnlab.norm.ghost import GHOST_LAYOUTS, ghost_batch_norm, ghost_groups
 from bnlab.norm.layer import NormLayer
 from bnlab.norm.sync import consecutive_ranks_group, ranks_for_nbs, sync_batch_norm
@@ -140,8 +141,8 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, config_name="batch"):
     def batch_forward(self, x: Tensor, update: bool) -> Tensor:
         """Normalize with batch statistics (plain, Ghost or Sync); move the EMA toward them when `update`."""
         factor = self.momentum
-        if factor is None and update:  # cumulative moving average, as nn.BatchNorm2d
-            factor = 1.0 / float(self.num_batches_tracked)
+        if factor is None and update:  # cumulative moving average, as nn.BatchNorm2d (the count held on the host)
+            factor = 1.0 / batches_tracked(self)
         rm, rv = (self.running_mean, self.running_var) if update else (None, None)
         group = self.sync_group(x.shape[0])
         if group is not None:
@@ -157,8 +158,8 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, config_name="batch"):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         if self.virtual is not None:
             return self.virtual(self, x)
-        if self.update_stats:
-            self.num_batches_tracked.add_(1)
+        if self.update_stats:  # momentum=None weighs by the count: kept on the host too (norm/batch_count.py)
+            count_batch(self) if self.momentum is None else self.num_batches_tracked.add_(1)
         if self.train_stats == "batch":
             return self.batch_forward(x, self.update_stats)
         # running statistics normalize; the EMA still follows the batch (costs one extra statistics pass)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import bnlab.norm.validate as check
 from bnlab.config_errors import ConfigError
+from bnlab.norm.batch_count import count_batch
 from bnlab.norm.layer import NormLayer
 
 
@@ -105,23 +106,38 @@ class SeparateBatchNorm2d(nn.Module, NormLayer, config_name="separate"):
         """Each domain's samples normalized by their own statistics (one batch_norm call per domain present)."""
         if ids.shape != (x.shape[0],):
             raise ValueError(f"expected one domain id per sample ({x.shape[0]}), got shape {tuple(ids.shape)}")
-        present = torch.unique(ids).tolist()
-        if present and not (present[0] >= 0 and present[-1] < self.num_domains):
-            raise ValueError(f"domain ids {present} out of range for {self.num_domains} domains")
-        if len(present) == 1:
-            return self._normalize(x, present[0])
+        groups = self._groups(ids)
+        if groups and not (groups[0][0] >= 0 and groups[-1][0] < self.num_domains):
+            raise ValueError(f"domain ids {[d for d, _ in groups]} out of range for {self.num_domains} domains")
+        if len(groups) == 1:
+            return self._normalize(x, groups[0][0])
         out = torch.zeros_like(x)
-        for d in present:
-            idx = (ids == d).nonzero().squeeze(1)
+        for d, idx in groups:
             out = out.index_copy(0, idx, self._normalize(x.index_select(0, idx), d))
         return out
+
+    @staticmethod
+    def _groups(ids: Tensor) -> list[tuple[int, Tensor | None]]:
+        """(domain, positions of its samples) per domain present, in domain order. Ids from a domain loader carry
+        their grouping (data/domains.py: `domain_order`, positions domain by domain, and `domain_counts`, counted on
+        the host once an epoch): sliced, nothing read. Bare ids are read (unique, nonzero: a host sync on a GPU)."""
+        counts = getattr(ids, "domain_counts", None)
+        if counts is not None:
+            starts = [sum(counts[:d]) for d in range(len(counts))]
+            return [(d, ids.domain_order[s : s + n]) for d, (s, n) in enumerate(zip(starts, counts)) if n]
+        present = torch.unique(ids).tolist()
+        if len(present) == 1:
+            return [(present[0], None)]
+        return [(d, (ids == d).nonzero().squeeze(1)) for d in present]
 
     def _normalize(self, x: Tensor, domain: int) -> Tensor:
         stats = self.domains[domain]
         factor = 0.0
-        if self.training:
+        if self.training and self.momentum is None:  # cumulative average: the count kept on the host
+            factor = 1.0 / count_batch(stats)
+        elif self.training:
             stats.num_batches_tracked.add_(1)
-            factor = self.momentum if self.momentum is not None else 1.0 / float(stats.num_batches_tracked)
+            factor = self.momentum
         return F.batch_norm(
             x, stats.running_mean, stats.running_var, self.weight, self.bias, self.training, factor, self.eps
         )

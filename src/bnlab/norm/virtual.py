@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 import bnlab.norm.validate as check
 from bnlab.config_errors import ConfigError
+from bnlab.norm.batch_count import count_batch
 from bnlab.norm.batchnorm import BatchNorm2d
 from bnlab.norm.stats import batch_norm_with_moments, local_moments
 
@@ -81,8 +82,11 @@ class ReferenceStats:
             return batch_norm_with_moments(x, layer.weight, layer.bias, None, None, 0.0, layer.eps)
         rm = rv = factor = None
         if layer.update_stats:
-            layer.num_batches_tracked.add_(1)
-            factor = layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked)
+            if layer.momentum is None:  # cumulative average: the count kept on the host (norm/batch_count.py)
+                factor = 1.0 / count_batch(layer)
+            else:
+                layer.num_batches_tracked.add_(1)
+                factor = layer.momentum
             rm, rv = layer.running_mean, layer.running_var
         return batch_norm_with_moments(x, layer.weight, layer.bias, rm, rv, factor, layer.eps, extra=self.moments)
 

@@ -65,6 +65,12 @@ def task(cfg: DictConfig) -> float | None:
     except Terminated:  # SIGTERM: W&B flushed, last checkpoint kept; the same command (or a requeue) resumes
         if int(os.environ.get("RANK") or 0) == 0:  # once for the ranks an engine started
             print(f"[bnlab] terminated by SIGTERM: exit {TERMINATED_EXIT}; rerun the same command to resume")
+        if os.environ.get("RANK") is not None:  # an engine's rank (torchrun, srun): stopped, its files written
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # no interpreter teardown: on a loaded machine it outlasted torchrun's 30 s grace, which then SIGKILLs
+            # rank 0 (the lock goes) before the other ranks; the kernel drops this rank's locks as it exits
+            os._exit(TERMINATED_EXIT)
         sys.exit(TERMINATED_EXIT)
     final = (summary or {}).get("final", {})
     return final.get("val_err_running")

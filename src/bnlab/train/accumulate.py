@@ -49,6 +49,9 @@ class GradientAccumulator:
                         if p.grad is not None:
                             p.grad.mul_(self.k / self.pending)
         if self.scaler is not None:  # skips the step when fp16 gradients overflowed, then adapts the scale
+            # one host read a step stays here: GradScaler.step reads the overflow flag to decide whether to step. The
+            # fused optimizers that skip on the device instead leave a skipped first step's momentum uninitialised
+            # (torch 2.14, SGD(fused=True) with found_inf set) and round updates differently; bf16 needs no scaler
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bnlab.config_errors import ConfigError
+from bnlab.norm.batch_count import count_on_host
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,6 +78,7 @@ def prepare_training_model(net: nn.Module, train_cfg, device) -> nn.Module:
     """The module the loop trains through: `net` itself when every fast path is off (the default)."""
     channels_last, autocast, compile_ = fast_settings(train_cfg)
     check_fast_settings(train_cfg, device)
+    count_on_host(net)  # momentum=None layers: their batch counts read now, not in the first step
     if channels_last:
         net.to(memory_format=torch.channels_last)  # in place: the eager model used for evaluation shares it
     if not (channels_last or autocast or compile_):
