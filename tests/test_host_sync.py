@@ -83,4 +83,3 @@ def test_no_host_traffic_between_logging_points(tiny_cfg, overrides):
     between = {step: calls for step, calls in per_step.items() if 0 <= step < last}
     assert between == {}, f"host reads / copies inside the step: {between}"
     assert per_step.get(last), "the counter saw the logging point's reads (it counts what it should)"
-
