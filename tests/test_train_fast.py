@@ -131,3 +131,31 @@ def test_fast_forward_passes_domain_ids_to_the_model():
     for channels_last, autocast in ((True, None), (False, "bf16")):
         out = FastForward(TakesDomains(), channels_last, autocast, "cpu")(x, domains)
         assert out.dtype == torch.float32 and torch.allclose(out, x.flatten(1)[:, :10] + domains[:, None], atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("autocast", "flags", "noted"),
+    [
+        ("bf16", {"avx2"}, True),
+        ("bf16", {"avx2", "avx512_bf16"}, False),
+        ("fp16", {"amx_bf16"}, True),
+        (None, set(), False),
+    ],
+)
+def test_half_precision_on_a_cpu_without_its_units_says_it_is_slow(monkeypatch, capsys, autocast, flags, noted):
+    """bf16/fp16 autocast on a CPU that lacks the units runs reference kernels (7-20x slower in the bench): one line
+    says so before training; the run still goes ahead (it is valid, only slow)."""
+    import bnlab.train.fast as fast
+
+    monkeypatch.setattr(fast, "cpu_flags", lambda: flags)
+    fast.check_fast_settings(OmegaConf.create({"autocast": autocast}), "cpu")
+    err = capsys.readouterr().err
+    assert (f"train.autocast={autocast}" in err) == noted, err
+    assert err.count("\n") == int(noted)
+
+
+def test_this_machines_cpu_flags_are_read():
+    from bnlab.train.fast import cpu_flags
+
+    flags = cpu_flags()
+    assert flags is None or "sse2" in flags or not any(f.startswith("avx") for f in flags)

@@ -21,6 +21,9 @@ The loop calls `prepare_training_model` once; everything else stays as it is.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -28,6 +31,19 @@ from bnlab.config_errors import ConfigError
 from bnlab.norm.batch_count import count_on_host
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# x86 flags (/proc/cpuinfo) of CPU units that compute in each half precision; without one, autocast on the CPU runs
+# reference kernels: 7-20x slower than fp32 on the AVX2 machine (results/bench/preset_cpu.csv)
+HALF_UNITS = {"bf16": {"avx512_bf16", "amx_bf16"}, "fp16": {"avx512_fp16", "amx_fp16"}}
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags, or None where /proc/cpuinfo does not list them (not Linux x86)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    lines = [line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")]
+    return set(lines[0]) if lines else None
 
 
 def fast_settings(train_cfg) -> tuple[bool, str | None, bool]:
@@ -45,7 +61,15 @@ def fast_settings(train_cfg) -> tuple[bool, str | None, bool]:
 def check_fast_settings(train_cfg, device) -> None:
     """Fail before training on a bad value. fp16 autocast runs on CPU too (torch >= 2.4 has CPU float16 autocast
     and a CPU GradScaler): slow there, but it lets the fp16 path, loss scaling and its resume, be tested anywhere."""
-    fast_settings(train_cfg)
+    _, autocast, _ = fast_settings(train_cfg)
+    flags = cpu_flags() if autocast and torch.device(device).type == "cpu" else None
+    if flags is not None and not flags & HALF_UNITS[autocast]:
+        print(
+            f"[bnlab] note: train.autocast={autocast} on a CPU without {' or '.join(sorted(HALF_UNITS[autocast]))} "
+            "runs reference kernels, several times slower than fp32 (results/bench/preset_cpu.csv); "
+            "train.autocast=null is the fast choice on this machine",
+            file=sys.stderr,
+        )
 
 
 def grad_scaler(train_cfg, device) -> torch.amp.GradScaler | None:
