@@ -155,7 +155,7 @@ def test_half_precision_on_a_cpu_without_its_units_says_it_is_slow(monkeypatch, 
 
 
 def test_this_machines_cpu_flags_are_read():
-    from bnlab.train.fast import cpu_flags
+    from bnlab.utils.provenance import cpu_flags
 
     flags = cpu_flags()
     assert flags is None or "sse2" in flags or not any(f.startswith("avx") for f in flags)

@@ -22,28 +22,18 @@ The loop calls `prepare_training_model` once; everything else stays as it is.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from bnlab.config_errors import ConfigError
 from bnlab.norm.batch_count import count_on_host
+from bnlab.utils.provenance import cpu_flags
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # x86 flags (/proc/cpuinfo) of CPU units that compute in each half precision; without one, autocast on the CPU runs
 # reference kernels: 7-20x slower than fp32 on the AVX2 machine (results/bench/preset_cpu.csv)
 HALF_UNITS = {"bf16": {"avx512_bf16", "amx_bf16"}, "fp16": {"avx512_fp16", "amx_fp16"}}
-
-
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags, or None where /proc/cpuinfo does not list them (not Linux x86)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    lines = [line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")]
-    return set(lines[0]) if lines else None
 
 
 def fast_settings(train_cfg) -> tuple[bool, str | None, bool]:

@@ -36,17 +36,29 @@ def git_info() -> dict:
     return {"git_commit": commit, "git_dirty": bool(tracked or untracked)}
 
 
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo, or None where it does not list them (not Linux x86)."""
+    flags = _cpuinfo_field("flags")
+    return frozenset(flags.split()) if flags is not None else None
 
 
 @lru_cache(maxsize=1)
