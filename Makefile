@@ -46,6 +46,7 @@ help:  ## list targets and the variables they read
 	@echo "  RETRY_FAILED=1    sweep: rerun runs recorded as failed/diverged (finished runs are always skipped)"
 	@echo "  COMMIT=1          collect/figures: write the committed results/<study>/<scale>/ (default: runs/<study>/_collected/)"
 	@echo "  ALL=1             collect: also runs outside the study's sweep grid, as separate variants"
+	@echo "  WHERE=\"k=v ...\"   collect: only the runs whose config key k is v, e.g. WHERE=train.processes=1"
 	@echo "  WANDB=1           figures: also log the figures and tables to W&B (one run in the study's group; offline unless WANDB_MODE=online)"
 	@echo "  ARGS=\"...\"        extra Hydra overrides (train, sweep, demo) or pytest arguments (test), e.g."
 	@echo "                    make train ARGS=\"norm=ghost norm.nbs=16\"   make sweep EXP=nbs ARGS=\"seed=0\""
@@ -142,7 +143,8 @@ results_where_1 := --commit
 collect_all_1   := --all
 
 collect: install need-exp  ## the study's grid runs -> runs/<study>/_collected/<scale>/runs.csv, epochs.csv (COMMIT=1: results/)
-	$(BIN)/bnlab collect $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(collect_all_$(ALL))
+	$(BIN)/bnlab collect $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(collect_all_$(ALL)) \
+		$(foreach w,$(WHERE),--where $(w))
 
 figures: install need-exp  ## collected runs -> the study's tables (md, tex, csv) and figures (png, pdf), same folder
 	$(BIN)/bnlab figures $(EXP) --preset $(SCALE) $(results_where_$(COMMIT)) $(if $(filter 1,$(WANDB)),--wandb)

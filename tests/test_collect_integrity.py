@@ -172,3 +172,59 @@ def test_a_table_never_pools_runs_that_differ_in_a_config_key():
     table = aggregate(runs, ["nbs"], ["val_err"])
     assert list(table["optim.lr"]) == [0.05, 0.1] and list(table["n"]) == [1, 2]
     assert list(aggregate(runs[runs["optim.lr"] == 0.1], ["nbs"], ["val_err"]).columns[:1]) == ["nbs"]
+
+
+@pytest.mark.e2e
+def test_collect_where_keeps_one_table_of_a_shared_study(tiny_study, tmp_path, monkeypatch, capsys):
+    """nbs and its Sync BN arm share one runs folder but are two tables (the claim tests of one must not average the
+    other's runs): `--where KEY=VALUE` keeps the runs with that value, and their epochs only; a misspelt key is one
+    line naming it and its near match, and writes nothing."""
+    runs, train = tiny_study
+    by_seed = {s: train(f"seed={s}") for s in (0, 1)}
+    monkeypatch.chdir(tmp_path)
+
+    cli_main(["collect", "tiny", "--runs", "runs", "--preset", "none", "--where", "seed=1", "--out", "one"])
+    assert "--where seed=1: kept 1 run of 2" in capsys.readouterr().out
+    kept, epochs = pd.read_csv("one/runs.csv"), pd.read_csv("one/epochs.csv")
+    assert list(kept["run_id"]) == [by_seed[1]["run_id"]]
+    assert set(epochs["run_id"]) == {by_seed[1]["run_id"]} and len(epochs) == 1  # one epoch, of the kept run only
+
+    tiny = ["collect", "tiny", "--runs", "runs", "--preset", "none"]
+    cli_main([*tiny, "--where", "train.batch_size=64.0", "--out", "all"])
+    assert len(pd.read_csv("all/runs.csv")) == 2  # 64.0 matches 64 as a number
+
+    with pytest.raises(SystemExit) as e:
+        cli_main([*tiny, "--where", "train.batch_sise=64", "--out", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'train.batch_sise'" in err and "did you mean train.batch_size" in err
+    with pytest.raises(SystemExit):
+        cli_main([*tiny, "--where", "seed", "--out", "x"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert not Path("x").exists()
+
+
+def test_select_runs_keeps_the_runs_with_the_value_and_their_epochs():
+    """The fast check of `collect --where`: nbs's table keeps the one-process runs and its Sync BN arm keeps NBS 256
+    of both (the runs they share are one folder); 2 matches 2.0; a bad key names its near match."""
+    from bnlab.results.collect import Collected, select_runs
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "d"],
+            "norm.nbs": [2, 256, 256, 256],
+            "train.processes": [1.0, 1.0, 2.0, 2.0],
+            "seed": [0, 0, 0, 1],
+        }
+    )
+    epochs = pd.DataFrame({"run_id": ["a", "a", "b", "c", "d"], "epoch": [1, 2, 1, 1, 1]})
+    got = Collected(runs, epochs, ["a note"])
+    one = select_runs(got, ["train.processes=1"])
+    assert list(one.runs["run_id"]) == ["a", "b"] and list(one.epochs["run_id"]) == ["a", "a", "b"]
+    assert one.notes == ["a note", "--where train.processes=1: kept 2 runs of 4"]
+    arm = select_runs(got, ["norm.nbs=256", "train.processes=2", "seed=1"])
+    assert list(arm.runs["run_id"]) == ["d"] and list(arm.epochs["run_id"]) == ["d"]
+    with pytest.raises(ValueError, match="did you mean train.processes"):
+        select_runs(got, ["train.process=1"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        select_runs(got, ["=1"])

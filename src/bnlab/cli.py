@@ -59,9 +59,14 @@ def _where(out: Path, args) -> str:
 
 
 def cmd_collect(args) -> None:
-    from bnlab.results.collect import collect_study, save
+    from bnlab.results.collect import collect_study, save, select_runs
 
     got = collect_study(args.runs, args.study, args.preset, include_all=args.all)
+    if args.where and not got.runs.empty:
+        try:
+            got = select_runs(got, args.where)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     for note in got.notes:
         print(f"[bnlab] {note}" if not note.startswith("  ") else note)
     if got.runs.empty:
@@ -295,6 +300,14 @@ def _add_study_commands(sub) -> None:
                 "--commit",
                 action="store_true",
                 help=f"write the committed results {REPO_ROOT / 'results'}/<study>/<preset> (`bnlab report`'s)",
+            )
+        if name == "collect":
+            s.add_argument(
+                "--where",
+                action="append",
+                metavar="KEY=VALUE",
+                help="keep only the runs whose column KEY is VALUE (repeatable), e.g. train.processes=1: one table of "
+                "a study whose runs several tables share (nbs and its Sync BN arm)",
             )
         if name == "figures":
             s.add_argument("--wandb", action="store_true", help="also log them to W&B: one run in the study's group "

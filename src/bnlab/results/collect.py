@@ -11,6 +11,8 @@ row that is not the summary's final metrics: a truncated or edited file) is `inc
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +263,30 @@ def _place_in_grid(runs: pd.DataFrame, grid) -> tuple[pd.Series, dict]:
             inside.append(False)
             runs.loc[i, "variant"], why[i] = variant_label(diff), _describe(diff)
     return pd.Series(inside, index=runs.index), why
+
+
+def select_runs(got: Collected, where: list[str]) -> Collected:
+    """Only the runs whose columns hold the given values (`KEY=VALUE`, e.g. `train.processes=1`), with their epochs:
+    one table of a study whose runs several tables share (nbs: NBS 2..256 in one process; its Sync BN arm at NBS
+    256). A value matches as text, as a claim test's `where` does, or as the same number (1 matches 1.0). An unknown
+    key or a malformed item raises ValueError naming it, before anything is written."""
+    runs = got.runs
+    for item in where:
+        key, sep, want = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {item!r}: expected KEY=VALUE, e.g. train.processes=1")
+        if key not in runs:
+            near = difflib.get_close_matches(key, [str(c) for c in runs.columns], n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(near)}?" if near else " (a config key as runs.csv names it: norm.nbs)"
+            raise ValueError(f"--where {item!r}: no column {key!r} in the collected runs{hint}")
+        match = runs[key].astype(str) == want
+        with contextlib.suppress(ValueError):  # a number also matches as a number; other text only as text
+            match |= pd.to_numeric(runs[key], errors="coerce") == float(want)
+        runs = runs[match]
+    kept = set(runs["run_id"])
+    epochs = got.epochs[got.epochs["run_id"].isin(kept)] if "run_id" in got.epochs else got.epochs
+    note = f"--where {' '.join(where)}: kept {_runs_n(len(runs))} of {len(got.runs)}"
+    return Collected(runs.copy(), epochs.copy(), [*got.notes, note])
 
 
 def collect_study(
