@@ -127,6 +127,27 @@ def test_runs_outside_the_grid_are_left_out(tmp_path):
     assert r.n_a == 5 and abs(r.estimate - (np.mean(A) - np.mean(B))) < 1e-12
 
 
+def test_an_arm_pooling_two_runs_of_a_seed_is_not_run(tmp_path):
+    """nbs's trap: its Sync BN runs (NBS 256 over 2 processes) collected into the NBS table put two runs of each seed
+    in C1a's NBS 256 arm; averaging them would test an arm nobody declared, so the test is not run and names the key.
+    A per-run table with several rows of one run (a spectrum's eigenvalues) is still averaged per seed."""
+    _table(tmp_path, A, B)
+    t = pd.read_csv(tmp_path / "runs.csv")
+    t["run_id"] = [f"r{i}" for i in range(len(t))]
+    t["train.processes"] = 1
+    sync = t[t["arm"] == "y"].assign(run_id=lambda d: d["run_id"] + "s", **{"train.processes": 2})
+    pd.concat([t, sync]).to_csv(tmp_path / "runs.csv", index=False)
+    r = run_test(_spec(), tmp_path)
+    assert r.outcome == "not run" and "2 runs of seed 0 in one arm" in r.note and "train.processes" in r.note
+    narrowed = run_test(_spec(b={"where": {"arm": "y", "train.processes": 1}}), tmp_path)
+    assert narrowed.outcome == "supported" and narrowed.estimate == pytest.approx(np.mean(A) - np.mean(B))
+
+    rows = pd.concat([t.assign(k=k, err=t["err"] + k / 1000) for k in range(3)])  # 3 rows per run, one run per seed
+    rows.to_csv(tmp_path / "spectra.csv", index=False)
+    per_run = run_test(_spec(table="spectra.csv"), tmp_path)
+    assert per_run.n_a == 5 and per_run.estimate == pytest.approx(np.mean(A) - np.mean(B))
+
+
 def test_metric_may_be_an_expression_of_columns(tmp_path):
     pd.DataFrame(
         {

@@ -245,6 +245,28 @@ def parse_tests(raw, where: str) -> list[TestSpec]:
     return specs
 
 
+class PooledRuns(ValueError):
+    """An arm of a runs table holds several runs of one seed: its `where` does not pin down one configuration."""
+
+
+def _one_run_per_seed(rows: pd.DataFrame) -> None:
+    """In a table of runs (a `run_id` column), an arm has one run per seed. Two runs of one seed differ in a config
+    key the arm does not name (nbs's NBS 256 in one process and as Sync BN over two, collected into one table):
+    averaging them would test another arm than the one declared, so the test is not run, naming the keys."""
+    if "run_id" not in rows or "seed" not in rows or rows.empty:
+        return
+    per_seed = rows.groupby(rows["seed"].astype(str))["run_id"].nunique()
+    if (per_seed <= 1).all():
+        return
+    seed = per_seed.idxmax()
+    mine = rows[rows["seed"].astype(str) == seed]
+    keys = [c for c in mine.columns if "." in str(c) and mine[c].astype(str).nunique() > 1]
+    raise PooledRuns(
+        f"{per_seed.max()} runs of seed {seed} in one arm (they differ in {', '.join(keys) or 'no config key'}): "
+        "name the key in the arm's `where`, or collect one table per arm set (bnlab collect --where)"
+    )
+
+
 def _rows(table: pd.DataFrame, arm: Arm, metric: str, transform: str) -> pd.Series:
     """One value per seed: the arm's rows (completed grid runs only, where the table says), averaged per seed."""
     rows = table
@@ -256,6 +278,7 @@ def _rows(table: pd.DataFrame, arm: Arm, metric: str, transform: str) -> pd.Seri
         if col not in rows:
             raise KeyError(f"column {col!r}")
         rows = rows[rows[col].astype(str) == str(want)]
+    _one_run_per_seed(rows)
     col = arm.metric or metric
     if col in rows:
         values = pd.to_numeric(rows[col], errors="coerce")
@@ -342,6 +365,8 @@ def run_test(spec: TestSpec, results_dir: Path) -> TestResult:
         b = None if spec.b.value is not None else _rows(table, spec.b, spec.metric, spec.transform)
     except KeyError as e:
         return TestResult(spec, "not run", note=f"{spec.table} has no {e.args[0]}")
+    except PooledRuns as e:
+        return TestResult(spec, "not run", note=f"{spec.table}: {e}")
     if spec.pairing == "seed" and b is not None:
         common = a.index.intersection(b.index)
         a, b = a.loc[common], b.loc[common]
