@@ -61,21 +61,26 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame, out) -> list:
     for m in metrics if not single.empty else []:
         errorbar_lines(ax, agg, "nbs", m, label_fmt=LABELS[m])
     synced = aggregate(done[processes > 1], ["nbs"], metrics) if (processes > 1).any() else None
-    if synced is not None:  # the Sync BN arm: same NBS reached across processes, drawn as open markers
-        for m in metrics:
+    if synced is not None:  # the Sync BN arm: same NBS reached across processes, open markers in the metric's
+        # colour, set a little to the right of the one-process point they compare with (else one hides the other)
+        ranks = int(processes.max())
+        for i, m in enumerate(metrics):
             ax.errorbar(
-                synced["nbs"],
+                synced["nbs"] * 2**0.15,
                 synced[f"{m}_mean"] * 100,
                 yerr=synced[f"{m}_std"] * 100,
                 fmt="D",
-                mfc="none",
-                color="k",
+                mfc="white",
+                color=f"C{i}",
                 capsize=3,
-                label="Sync BN (2 processes)" if m == metrics[0] else None,
+                label=f"Sync BN, {ranks} processes (open; n = {int(synced['n'].min())})" if i == 0 else None,
             )
     ax.set_xscale("log", base=2)
+    one_nbs = done["nbs"].nunique() == 1  # the Sync BN arm alone: one-process and Sync points side by side
+    if one_nbs:  # at the right, the legend to their left
+        ax.set_xlim(done["nbs"].iloc[0] * 2**-2.8, done["nbs"].iloc[0] * 2**0.5)
     ax.set(xlabel="normalization batch size (NBS)", ylabel="error (%)", title=f"bnlab, {mean_of(agg['n'])}")
-    ax.legend()
+    ax.legend(loc="center left" if one_nbs else "best")
     src = pd.DataFrame([(n, t, v) for n, (t, v) in SOURCE.items()], columns=["nbs", "train", "val"])
     ax = axes[0][1]
     ax.plot(src.nbs, src.train, "o-", label="train")

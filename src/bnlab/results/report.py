@@ -16,12 +16,14 @@ from bnlab.results.claims import NO_STUDY, claim_rows
 from bnlab.utils.io import atomic_write_text
 
 SKIP_TABLES = {"runs", "epochs"}  # raw collections; the study's own tables are the summaries
-# wide tables scroll inside their own box (.wide) instead of pushing the page past the window
+# wide tables scroll inside their own box (.wide) instead of pushing the page past the window; the claims table fits
+# the page (long paths and names wrap) so its study column is never cut off
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 vertical-align:top}th{background:#f3f3f3;text-align:left}.wide{overflow-x:auto;max-width:100%;margin:0 0 1.5em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
-.claims td{min-width:6em}.claims td.text{min-width:12em}.claims td.tests{min-width:26em}
+.claims{width:100%}.claims td{min-width:6em;overflow-wrap:anywhere}.claims td:last-child{min-width:10em}
+.claims td.text{min-width:12em}.claims td.tests{min-width:26em}
 .v-reproduced{background:#e3f4e1}.v-partly{background:#fdf3d7}.v-not-reproduced{background:#f6ece4}
 .v-inconclusive,.v-exploratory,.v-post-hoc{background:#eef2f8}.v-contradicted{background:#f9e0de}
 .v-not-run,.v-no-study-yet{background:#eee;color:#555}ul.tests{margin:0;padding-left:1.2em}
