@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,12 +77,14 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert epochs.groupby("run_id").epoch.apply(list).map(lambda e: e == [1, 2]).all()  # no duplicated epochs
 
 
-def _fake_sibling(src: Path, name: str) -> Path:
-    """A copy of a real run directory, to turn into a failed or half-written one."""
+def _fake_sibling(src: Path, name: str, seed: int) -> Path:
+    """A copy of a real run directory with another seed in its config (so another run id: collect counts a copied
+    folder of the same config once), to turn into a failed or half-written run."""
     dst = src.parent / name
     dst.mkdir()
-    for f in ("config.yaml", "metrics.csv", "checkpoint.pt"):
+    for f in ("metrics.csv", "checkpoint.pt"):
         (dst / f).write_bytes((src / f).read_bytes())
+    (dst / "config.yaml").write_text(re.sub(r"(?m)^seed: .*$", f"seed: {seed}", (src / "config.yaml").read_text()))
     return dst
 
 
@@ -91,19 +94,21 @@ def test_collect_tolerates_completed_diverged_failed_and_half_written_runs(tiny_
     diverged = run(tiny_cfg("study=mixed", "train.epochs=1", "optim.lr=1e12", "optim.nesterov=false"))
     assert diverged["status"] == "diverged"
     ok_dir = Path(ok["run_dir"])
-    failed = _fake_sibling(ok_dir, "failed0000001")
+    failed = _fake_sibling(ok_dir, "failed0000001", seed=101)
     (failed / "summary.json").write_text(json.dumps({"status": "failed", "reason": "RuntimeError: boom"}))
-    _fake_sibling(ok_dir, "halfwritten01")  # killed mid-run: checkpoint and metrics, no summary
-    garbage = _fake_sibling(ok_dir, "garbage000001")
+    _fake_sibling(ok_dir, "halfwritten01", seed=102)  # killed mid-run: checkpoint and metrics, no summary
+    garbage = _fake_sibling(ok_dir, "garbage000001", seed=103)
     (garbage / "metrics.csv").write_bytes(b"\x00\x01not,a\ncsv\x00\x00\x00,,,\n\x00")
     (garbage / "summary.json").write_text("{ truncated")
 
     runs, epochs = collect(ok_dir.parent)
-    status = dict(zip(runs.run_id, runs.status))
-    assert status[ok["run_id"]] == "completed" and status[diverged["run_id"]] == "diverged"
+    by_folder = runs.assign(folder=runs.run_dir.map(lambda d: Path(d).name)).set_index("folder")
+    status = by_folder["status"].to_dict()
+    assert len(runs) == 5  # five folders, five configs: five runs
+    assert status[ok_dir.name] == "completed" and status[Path(diverged["run_dir"]).name] == "diverged"
     assert status["failed0000001"] == "failed" and status["halfwritten01"] == "interrupted"
-    assert runs.set_index("run_id").loc["halfwritten01", "epochs_completed"] == 1
-    assert "summary.json unreadable" in runs.set_index("run_id").loc["garbage000001", "problem"]
+    assert by_folder.loc["halfwritten01", "epochs_completed"] == 1
+    assert "summary.json unreadable" in by_folder.loc["garbage000001", "problem"]
     assert {"optim.lr", "norm.name", "git_commit", "wall_time", "val_err_running"} <= set(runs.columns)
     assert varying_keys(runs) == ["optim.lr", "optim.nesterov"]
 
