@@ -152,6 +152,16 @@ def test_zero_init_residual_makes_every_residual_branch_start_at_zero(name):
         assert all(torch.all(b.bn2.weight == 1) for b in model.modules() if hasattr(b, "bn3"))
 
 
+@pytest.mark.parametrize("key, value", [("width", 0.5), ("width", 0), ("depth", 2.0), ("depth", True)])
+def test_mlp_deep_counts_are_positive_integers_named_in_the_error(key, value):
+    """mlp_deep's width counts units (a ResNet's model.width=0.5 is a multiplier): a float is refused by name
+    before any layer is built, not as torch's `empty(): argument 'size'` from deep inside the model."""
+    norm = build_norm(OmegaConf.create({"name": "batch"}))
+    cfg = OmegaConf.create({"name": "mlp_deep", "depth": 3, "width": 16, "input_size": 8, key: value})
+    with pytest.raises(ConfigError, match=rf"model\.{key}.*positive integer, got {value!r}"):
+        build_model(cfg, norm, 1, 10)
+
+
 def test_init_options():
     norm = build_norm(OmegaConf.create({"name": "none"}))
     mlp = build_model(OmegaConf.create({"name": "mlp_deep", "depth": 4, "width": 512, "input_size": 16}), norm, 2, 10)

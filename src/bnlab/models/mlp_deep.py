@@ -71,6 +71,9 @@ class MLPDeep(nn.Module):
         return self.fc(self.features(x))
 
 
+_UNITS = {"depth": "hidden layers", "width": "units per hidden layer"}
+
+
 @register("mlp_deep")
 def mlp_deep(
     norm,
@@ -83,6 +86,9 @@ def mlp_deep(
     norm_position="before_activation",
     init="kaiming_fan_in",
 ):
+    for key, value in (("depth", depth), ("width", width)):  # counts here (ResNets' model.width is a multiplier)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model.{key}", f"counts {_UNITS[key]} in mlp_deep: a positive integer, got {value!r}")
     if isinstance(norm(width), nn.modules.instancenorm._InstanceNorm):
         raise ConfigError("norm.name", "instance norm needs spatial positions; an MLP feature has one (use layer)")
     in_features = in_channels * input_size * input_size  # images are flattened
