@@ -113,17 +113,18 @@ need-exp:
 LAUNCHERS := basic joblib submitit_local slurm
 check-sweep-vars:  # a misspelt LAUNCHER or RETRY_FAILED would otherwise run a different sweep without a word
 	@test -n "$(filter $(LAUNCHERS),$(LAUNCHER))" -a "$(words $(LAUNCHER))" = 1 || \
-		{ echo "error: LAUNCHER=$(LAUNCHER) is not a launcher (allowed: $(LAUNCHERS))"; exit 2; }
+		{ echo "error: LAUNCHER=$(LAUNCHER) is not a launcher (allowed: $(LAUNCHERS))" >&2; exit 2; }
 	@test "$(RETRY_FAILED)" = 0 -o "$(RETRY_FAILED)" = 1 || \
-		{ echo "error: RETRY_FAILED=$(RETRY_FAILED) (allowed: 0, 1)"; exit 2; }
+		{ echo "error: RETRY_FAILED=$(RETRY_FAILED) (allowed: 0, 1)" >&2; exit 2; }
 
 plan: check-sweep-vars install need-exp  ## a sweep's jobs, run directories and state (done / to do / failed / running), no training
 	$(BIN)/bnlab plan experiment=$(EXP) scale=$(SCALE) $(retry_$(RETRY_FAILED)) $(ARGS)
 
-# the offline Fashion-MNIST is installed only for sweeps that read it (the CPU presets, not SCALE=gpu's CIFAR)
+# the offline Fashion-MNIST is installed only for sweeps that read it (the CPU presets, not SCALE=gpu's CIFAR); a
+# config the plan refuses stops here, its one error line said once (not again by the sweep)
 sweep-data: install
-	@if $(BIN)/bnlab plan --datasets experiment=$(EXP) scale=$(SCALE) $(ARGS) | grep -qx fashion_mnist; then \
-		$(MAKE) --no-print-directory data; fi
+	@datasets=$$($(BIN)/bnlab plan --datasets experiment=$(EXP) scale=$(SCALE) $(ARGS)) || exit $$?; \
+	if echo "$$datasets" | grep -qx fashion_mnist; then $(MAKE) --no-print-directory data; fi
 
 sweep: check-sweep-vars install need-exp sweep-data  ## run a study: EXP=<study> SCALE=cpu|gpu; rerun to resume (skips finished runs)
 	$(threads_$(LAUNCHER)) $(BIN)/python -m bnlab.train -m experiment=$(EXP) scale=$(SCALE) $(launcher_$(LAUNCHER)) $(retry_$(RETRY_FAILED)) $(ARGS)
