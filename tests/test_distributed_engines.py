@@ -19,6 +19,11 @@ from conftest import TINY, compose_cfg
 # one optimizer step of NBS 64 over 2 ranks of 32: the comparison test_distributed.py makes against one process
 SYNC_RUN = [*TINY, "study=engines", "norm.nbs=64", "train.processes=2", "train.epochs=1", "train.batches_per_epoch=1"]
 TOLERANCE = 1e-5  # test_distributed.py's bound between 1 and 2 processes after one step
+# submitit's task processes are started by submitit's own interpreter bootstrap, and their float order is not
+# spawn's: 1.3e-5 apart after this one step on the 2-core CI machine (and ~1e-5 in test_launch_signals.py, which
+# therefore compares submitit with submitit); one process vs spawn's 2 is as far apart (1.3e-5). Ranks that
+# normalize with their own halves instead of the synced batch end 4e-2 away, so 1e-4 still tells them apart.
+SUBMITIT_TOLERANCE = 1e-4
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
@@ -61,7 +66,7 @@ def test_spawn_torchrun_and_submitit_ranks_train_the_same_run(tmp_path):
     assert len({os.path.basename(r) for r in runs.values()}) == 1  # the same config hash: the same run
     w = {how: _weights(r) for how, r in runs.items()}
     assert _max_diff(w["spawn"], w["torchrun"]) < TOLERANCE
-    assert _max_diff(w["spawn"], w["submitit"]) < TOLERANCE
+    assert _max_diff(w["spawn"], w["submitit"]) < SUBMITIT_TOLERANCE
     for r in runs.values():
         assert not (RunDir(r).root / ".lock").exists() or RunDir(r).status() == "completed"
 
