@@ -15,8 +15,9 @@ from test_studies import STUDIES, compose_point, sweep_grid
 def tiny_overrides(study: str) -> list[str]:
     cfg = compose_point(study, "cpu", sweep_grid(study, "cpu")[0])
     eval_bs = int(cfg.eval.get("batch_size") or cfg.train.batch_size)
-    if cfg.data.name == "glyphs":  # shrink by classes: a random subset would leave labels without a pair
-        shrink = ["data.num_classes=30", "data.train_subset=null", "data.val_subset=null"]
+    if cfg.data.name == "glyphs":  # shrink by classes: a random subset would leave labels without a pair; 32 classes:
+        # the mate-swap probe needs 32 labels, and their 320 validation images split into NBS 32 groups
+        shrink = ["data.num_classes=32", "data.train_subset=null", "data.val_subset=null"]
     else:
         shrink = ["data.train_subset=1024", f"data.val_subset={2 * eval_bs}"]
     if "hessian" in cfg:  # the Hessian study's analysis settings: a few eigenvalues over one batch

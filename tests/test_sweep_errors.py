@@ -141,8 +141,9 @@ def test_finetune_arm_without_its_source_is_recorded_and_retried(tmp_path):
 @pytest.mark.slow
 def test_finetune_arms_wait_for_their_source_under_joblib(tmp_path):
     proc = _entry(
-        tmp_path, "-m", "experiment=ten_ways", "arm/ten_ways=bn,finetune_frozen", *SWEEP, "train.batch_size=16",
-        "eval.batch_size=16", f"out_dir={tmp_path / 'runs'}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        tmp_path, "-m", "experiment=ten_ways", "arm/ten_ways=bn,finetune_frozen", "seed=0", *SWEEP,
+        "train.batch_size=16", "eval.batch_size=16", f"out_dir={tmp_path / 'runs'}", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     statuses = [s for _, s, _ in run_statuses(tmp_path / "runs" / "ten_ways")]
