@@ -54,6 +54,10 @@ bnlab health ckpt.pt --model mypkg/nets.py:
     tests/test_health_cli.py::test_health_on_an_image_folder_without_a_loss
 bnlab collect nbs --runs runs/pilots --all
     tests/test_collect_integrity.py::test_two_sweeps_with_different_lr_are_not_pooled
+bnlab collect nbs --preset cpu --commit --where
+    tests/test_collect_integrity.py::test_collect_where_keeps_one_table_of_a_shared_study
+bnlab collect nbs --preset cpu --where
+    tests/test_collect_integrity.py::test_collect_where_keeps_one_table_of_a_shared_study
 bnlab collect
     tests/test_sweep.py::test_collect_tolerates_completed_diverged_failed_and_half_written_runs
 bnlab figures
